@@ -1,0 +1,97 @@
+-- Views over a run directory. db.py registers attempts_raw, tokens_raw and plan_raw first
+-- (read_parquet over the run's files, or empty tables of the right schema).
+
+-- Every attempt of every cell, with the configuration label reports use.
+CREATE OR REPLACE VIEW attempts AS
+SELECT *,
+       CASE WHEN type_k = type_v THEN type_k ELSE type_k || '/' || type_v END AS config
+FROM attempts_raw;
+
+-- The plan of the latest session: one row per cell.
+CREATE OR REPLACE VIEW plan AS
+SELECT *,
+       CASE WHEN type_k = type_v THEN type_k ELSE type_k || '/' || type_v END AS config
+FROM plan_raw;
+
+-- The attempt that counts for each planned cell: an ok attempt if there is one (the latest),
+-- else the latest final attempt. Attempts the worker retried itself ('oom-retrying') never
+-- count. Cells dropped from the matrix are not here (see attempts for them).
+CREATE OR REPLACE VIEW results AS
+SELECT a.*
+FROM attempts a
+WHERE a.cell_id IN (SELECT cell_id FROM plan)
+  AND NOT list_contains(coalesce(a.flags, []), 'oom-retrying')
+QUALIFY row_number() OVER (
+    PARTITION BY a.cell_id
+    ORDER BY (a.status = 'ok') DESC, a.finished_at DESC, a.attempt DESC) = 1;
+
+-- Every planned cell with where it stands; status 'missing' when nothing has been recorded.
+CREATE OR REPLACE VIEW cell_status AS
+SELECT p.cell_id, p.kind, p.model_name, p.config, p.type_k, p.type_v, p.n_ctx, p.n_depth,
+       p.host_class, p.quality_backend,
+       coalesce(r.status, 'missing') AS status, r.host, r.error_class, r.error_message,
+       r.attempt AS attempts, r.finished_at
+FROM plan p LEFT JOIN results r USING (cell_id);
+
+-- Per-token figures of the counted quality attempts.
+CREATE OR REPLACE VIEW tokens AS
+SELECT t.*, r.model_name, r.config, r.type_k, r.type_v, r.n_ctx, r.baseline, r.host,
+       r.host_class, r.backend
+FROM tokens_raw t JOIN results r USING (attempt_id);
+
+-- Quality per cell, with every statistic llama-perplexity prints for --kl-divergence,
+-- computed exactly from the per-token values. Uncertainties: sqrt((E[x^2]-E[x]^2)/(N-1)).
+CREATE OR REPLACE VIEW quality AS
+WITH s AS (
+    SELECT r.cell_id, r.model_name, r.config, r.type_k, r.type_v, r.n_ctx, r.baseline,
+           r.host, r.host_class, r.backend, r.flags, r.attn_rot_k, r.attn_rot_v,
+           count(*) AS n_tokens,
+           count(DISTINCT t.chunk) AS n_chunks,
+           avg(t.nll) AS nll, avg(t.nll * t.nll) AS nll2,
+           avg(t.nll_base) AS nllb, avg(t.nll_base * t.nll_base) AS nllb2,
+           avg(t.nll * t.nll_base) AS nll_nllb,
+           avg(t.kld) AS kld, avg(t.kld * t.kld) AS kld2,
+           quantile_cont(t.kld, [0.999, 0.99, 0.95, 0.90, 0.5, 0.10, 0.05, 0.01, 0.001]) AS kq,
+           max(t.kld) AS kld_max, min(t.kld) AS kld_min,
+           avg(t.dp) AS dp, avg(t.dp * t.dp) AS dp2, avg(t.dp * t.dp * t.dp * t.dp) AS dp4,
+           quantile_cont(t.dp, [0.999, 0.99, 0.95, 0.90, 0.75, 0.5, 0.25, 0.10, 0.05, 0.01, 0.001]) AS dq,
+           max(t.dp) AS dp_max, min(t.dp) AS dp_min,
+           avg(t.same_top::DOUBLE) AS same_top
+    FROM results r JOIN tokens_raw t USING (attempt_id)
+    WHERE r.kind = 'quality' AND r.status = 'ok'
+    GROUP BY ALL
+), u AS (
+    SELECT *,
+           sqrt(greatest(nll2 - nll * nll, 0) / (n_tokens - 1)) AS nll_unc,
+           sqrt(greatest(nllb2 - nllb * nllb, 0) / (n_tokens - 1)) AS nllb_unc,
+           (nll_nllb - nll * nllb) / (n_tokens - 1) AS nll_cov
+    FROM s
+)
+SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, host, host_class, backend,
+       flags, attn_rot_k, attn_rot_v, n_chunks, n_tokens,
+       exp(nll) AS ppl, exp(nll) * nll_unc AS ppl_unc,
+       exp(nllb) AS ppl_base, exp(nllb) * nllb_unc AS ppl_base_unc,
+       nll - nllb AS ln_ppl_ratio,
+       sqrt(greatest(nll_unc * nll_unc + nllb_unc * nllb_unc - 2 * nll_cov, 0)) AS ln_ppl_ratio_unc,
+       nll_cov / nullif(nll_unc * nllb_unc, 0) AS ln_ppl_cor,
+       kld AS kld_mean, sqrt(greatest(kld2 - kld * kld, 0) / (n_tokens - 1)) AS kld_unc,
+       kld_max, kq[1] AS kld_p99_9, kq[2] AS kld_p99, kq[3] AS kld_p95, kq[4] AS kld_p90,
+       kq[5] AS kld_median, kq[6] AS kld_p10, kq[7] AS kld_p5, kq[8] AS kld_p1, kq[9] AS kld_p0_1,
+       kld_min,
+       dp AS dp_mean, sqrt(greatest(dp2 - dp * dp, 0) / (n_tokens - 1)) AS dp_unc,
+       dp_max, dq[1] AS dp_p99_9, dq[2] AS dp_p99, dq[3] AS dp_p95, dq[4] AS dp_p90, dq[5] AS dp_p75,
+       dq[6] AS dp_median, dq[7] AS dp_p25, dq[8] AS dp_p10, dq[9] AS dp_p5, dq[10] AS dp_p1,
+       dq[11] AS dp_p0_1, dp_min,
+       sqrt(dp2) AS dp_rms,
+       0.5 / nullif(sqrt(dp2), 0) * sqrt(greatest(dp4 - dp2 * dp2, 0) / (n_tokens - 1)) AS dp_rms_unc,
+       same_top AS same_top_p, sqrt(same_top * (1 - same_top) / (n_tokens - 1)) AS same_top_unc
+FROM u;
+
+-- Speed per cell (llama-bench's fields), ok attempts only.
+CREATE OR REPLACE VIEW speed AS
+SELECT cell_id, model_name, config, type_k, type_v, kind, test, host, host_class, backend,
+       device_name, n_depth, n_prompt, n_gen, repetitions, n_batch, n_ubatch, n_threads,
+       flash_attn, flash_attn_enabled, attn_rot_k, attn_rot_v, avg_ts, stddev_ts, avg_ns,
+       stddev_ns, samples_ns, samples_ts, kv_bytes, flags, test_time, build_commit
+FROM results
+WHERE kind IN ('pp', 'tg') AND status = 'ok';

@@ -1,0 +1,5 @@
+import sys
+
+from kvsweep.orchestrator.cli import main
+
+sys.exit(main())

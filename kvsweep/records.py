@@ -1,0 +1,149 @@
+"""What a cell attempt produces, and the Parquet schemas it is stored under.
+
+Two tables, both append-only:
+- attempts: one row per attempt of a cell, whatever its status (failures are results);
+- tokens:   per scored token of a quality attempt, so DuckDB computes exact statistics
+            (PPL, KLD percentiles, same-top p) over any grouping of chunks.
+Column names follow llama-bench's where the quantity is the same (build_commit, cpu_info,
+gpu_info, backends, model_filename, model_type, model_size, model_n_params, n_batch, n_ubatch,
+n_threads, type_k, type_v, n_gpu_layers, flash_attn, n_prompt, n_gen, n_depth, test_time,
+avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+# Statuses of an attempt. See docs/failures.md for what each means and what kvsweep does next.
+OK = "ok"
+OOM = "oom"  # an allocation failed (context, KV cache, compute buffer, decode -2)
+CRASH = "crash"  # the worker process died while running the cell (abort, segfault, kill)
+TIMEOUT = "timeout"  # no progress within the per-cell limit; the worker was replaced
+ERROR = "error"  # anything else; the message and traceback are kept
+INVALID = "invalid"  # ran, but the numbers cannot be trusted (NaN / inf logits)
+SKIPPED = "skipped"  # not attempted: a shallower depth already ran out of memory here
+PREDICTED_OOM = "predicted-oom"  # not attempted: the memory planner says it fits nowhere
+STATUSES = (OK, OOM, CRASH, TIMEOUT, ERROR, INVALID, SKIPPED, PREDICTED_OOM)
+FAILED = (CRASH, TIMEOUT, ERROR, INVALID)  # what `resume --failed` redoes
+
+# Per-token columns of a quality attempt, in order.
+TOKEN_COLUMNS = ("chunk", "pos", "token", "nll", "nll_base", "kld", "dp", "same_top")
+
+
+@dataclass
+class CellOutcome:
+    """One attempt of one cell, as the worker reports it."""
+
+    cell_id: str
+    status: str
+    started_at: float  # unix seconds
+    finished_at: float
+    error_class: str = ""
+    error_message: str = ""
+    log_tail: str = ""
+    flags: list[str] = field(default_factory=list)
+    # measurement summary; keys are attempt columns (ppl, avg_ts, samples_ns, ...)
+    metrics: dict = field(default_factory=dict)
+    # facts about how it ran; keys are attempt columns (kv_bytes, n_threads, attn_rot_k, ...)
+    facts: dict = field(default_factory=dict)
+    tokens: dict[str, np.ndarray] | None = None  # TOKEN_COLUMNS -> arrays (quality only)
+
+
+ATTEMPTS_SCHEMA = pa.schema(
+    [
+        # identity
+        ("run_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("attempt_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("kind", pa.string()),
+        ("test", pa.string()),
+        # outcome
+        ("status", pa.string()),
+        ("error_class", pa.string()),
+        ("error_message", pa.string()),
+        ("log_tail", pa.string()),
+        ("flags", pa.list_(pa.string())),
+        # where and when
+        ("host", pa.string()),
+        ("node_id", pa.string()),
+        ("worker_id", pa.string()),
+        ("host_class", pa.string()),
+        ("backend", pa.string()),
+        ("device_name", pa.string()),
+        ("device_memory_total", pa.int64()),
+        ("device_memory_free", pa.int64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("duration_s", pa.float64()),
+        # the cell
+        ("model_name", pa.string()),
+        ("model_sha256", pa.string()),
+        ("type_k", pa.string()),
+        ("type_v", pa.string()),
+        ("flash_attn", pa.string()),
+        ("n_gpu_layers", pa.int32()),
+        ("n_batch", pa.int32()),
+        ("n_ubatch", pa.int32()),
+        ("env", pa.string()),
+        ("n_ctx", pa.int32()),
+        ("max_chunks", pa.int32()),
+        ("corpus_sha256", pa.string()),
+        ("baseline", pa.string()),
+        ("n_depth", pa.int32()),
+        ("n_prompt", pa.int32()),
+        ("n_gen", pa.int32()),
+        ("repetitions", pa.int32()),
+        # provenance
+        ("kvsweep_version", pa.string()),
+        ("llama_cpp_python_version", pa.string()),
+        ("build_commit", pa.string()),
+        ("ggml_version", pa.string()),
+        ("backends", pa.string()),
+        ("cpu_info", pa.string()),
+        ("gpu_info", pa.string()),
+        ("n_threads", pa.int32()),
+        ("flash_attn_enabled", pa.bool_()),
+        ("attn_rot_k", pa.bool_()),
+        ("attn_rot_v", pa.bool_()),
+        ("model_filename", pa.string()),
+        ("model_type", pa.string()),
+        ("model_size", pa.int64()),
+        ("model_n_params", pa.int64()),
+        ("kv_bytes", pa.int64()),
+        ("predicted_bytes", pa.int64()),
+        # quality summary (exact statistics come from the tokens table)
+        ("n_chunks", pa.int32()),
+        ("n_tokens", pa.int64()),
+        ("ppl", pa.float64()),
+        ("ppl_base", pa.float64()),
+        ("kld_mean", pa.float64()),
+        ("same_top_p", pa.float64()),
+        # speed (llama-bench)
+        ("test_time", pa.string()),
+        ("avg_ns", pa.int64()),
+        ("stddev_ns", pa.int64()),
+        ("avg_ts", pa.float64()),
+        ("stddev_ts", pa.float64()),
+        ("samples_ns", pa.list_(pa.int64())),
+        ("samples_ts", pa.list_(pa.float64())),
+    ]
+)
+
+TOKENS_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("attempt_id", pa.string()),
+        ("chunk", pa.int32()),
+        ("pos", pa.int32()),
+        ("token", pa.int32()),
+        ("nll", pa.float64()),
+        ("nll_base", pa.float64()),
+        ("kld", pa.float64()),
+        ("dp", pa.float64()),
+        ("same_top", pa.bool_()),
+    ]
+)

@@ -1,0 +1,157 @@
+"""The fleet: a Ray cluster (embedded, or one that hosts joined) and a worker actor per device.
+
+Embedded (no --address): a local Ray bound to 127.0.0.1 with the dashboard off and a fixed CPU
+count, advertising this host's devices. Ray's ray.init() turns 127.0.0.1 into the machine's
+public address on Linux unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the switch Ray itself uses
+on laptops), so that is set before Ray is imported: then every Ray port listens on loopback.
+
+A host advertises devices as the custom resource `kvsweep_worker` (one per device) and labels
+`kvsweep_host_class` / `kvsweep_backend` (`kvsweep worker join` sets them). The driver creates
+one DeviceWorker actor per device, pinned to its node, restarted by Ray if its process dies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+WORKER_RESOURCE = "kvsweep_worker"
+LABEL_HOST_CLASS = "kvsweep_host_class"
+LABEL_BACKEND = "kvsweep_backend"
+
+
+def prepare_loopback_env() -> None:
+    """Must run before `import ray` for the embedded cluster to bind to 127.0.0.1 only."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls home
+
+
+@dataclass
+class WorkerSlot:
+    worker_id: str
+    actor: object
+    node_id: str
+    host: str
+    host_class: str
+    backend: str
+    device_name: str
+    memory_total: int
+    memory_free: int
+    provenance: dict = field(default_factory=dict)  # attempt columns from the host probe
+    loaded_model: str = ""
+    alive: bool = True
+    busy: bool = False
+
+    def row_fields(self) -> dict:
+        return {
+            "host": self.host,
+            "node_id": self.node_id,
+            "worker_id": self.worker_id,
+            "host_class": self.host_class,
+            "backend": self.backend,
+            "device_name": self.device_name,
+            "device_memory_total": self.memory_total,
+            "device_memory_free": self.memory_free,
+            **self.provenance,
+        }
+
+
+def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "") -> None:
+    prepare_loopback_env()
+    import ray
+
+    labels = {LABEL_HOST_CLASS: host_class} if host_class else {}
+    ray.init(
+        num_cpus=num_cpus or n_workers,
+        resources={WORKER_RESOURCE: n_workers},
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level="ERROR",
+        labels=labels or None,
+    )
+
+
+def connect(address: str) -> None:
+    prepare_loopback_env()
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def worker_nodes() -> list[dict]:
+    """Alive nodes that offer kvsweep workers."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(WORKER_RESOURCE)]
+
+
+def node_alive(node_id: str) -> bool:
+    import ray
+
+    return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_threads: int = 0,
+                 retry=None, fault_plan=None, known: set[str] | None = None) -> list[WorkerSlot]:
+    """One DeviceWorker per advertised device on every worker node (skipping `known` ids)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from kvsweep.workers.actor import DeviceWorker
+
+    remote_cls = ray.remote(DeviceWorker)
+    pending = []
+    for node in worker_nodes():
+        labels = node.get("Labels", {}) or {}
+        for index in range(int(node["Resources"][WORKER_RESOURCE])):
+            worker_id = f"{node['NodeID'][:8]}-{index}"
+            if known and worker_id in known:
+                continue
+            actor = remote_cls.options(
+                num_cpus=1 if runner != "fake" else 0.01,
+                resources={WORKER_RESOURCE: 1},
+                max_restarts=-1,
+                max_task_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(worker_id, index, runner, fake_cell_seconds, n_threads, retry, fault_plan)
+            pending.append((actor, labels))
+    slots = []
+    for (actor, labels), info in zip(pending, ray.get([a.describe.remote() for a, _ in pending])):
+        slots.append(_slot(actor, labels, info))
+    return slots
+
+
+def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
+    from kvsweep.workers.probe import HostProbe
+
+    probe = HostProbe.from_dict(info["probe"])
+    gpus = probe.gpu_devices
+    device = gpus[info["device_index"]] if info["device_index"] < len(gpus) else None
+    return WorkerSlot(
+        worker_id=info["worker_id"],
+        actor=actor,
+        node_id=info["node_id"],
+        host=probe.host,
+        host_class=labels.get(LABEL_HOST_CLASS) or probe.default_host_class(),
+        backend=labels.get(LABEL_BACKEND) or probe.primary_backend,
+        device_name=device.description if device else probe.cpu_info,
+        memory_total=device.memory_total if device else probe.ram_total,
+        memory_free=device.memory_free if device else probe.ram_free,
+        provenance={
+            "kvsweep_version": probe.kvsweep_version,
+            "llama_cpp_python_version": probe.llama_cpp_python_version,
+            "build_commit": probe.build_commit,
+            "ggml_version": probe.ggml_version,
+            "backends": probe.backends,
+            "cpu_info": probe.cpu_info,
+            "gpu_info": probe.gpu_info,
+        },
+    )

@@ -1,0 +1,79 @@
+"""What a run directory already holds: per cell, its attempts and where they ended.
+
+Resume decides from this alone (the run directory is the source of truth): a cell with an ok
+attempt is done; otherwise its latest final attempt (one not flagged "oom-retrying") says how
+it ended, and the redo mode says whether to run it again:
+
+    missing  cells with no final attempt (never ran, or the driver died mid-way)
+    failed   also crash, timeout, error, invalid                      (the default)
+    oom      also oom, skipped after oom, predicted-oom
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow.dataset as ds
+
+from kvsweep import records
+from kvsweep.cells import Cell
+from kvsweep.orchestrator.run_dir import RunDir
+from kvsweep.workers.runner import RETRYING_FLAG
+
+REDO_MODES = ("missing", "failed", "oom")
+_REDO_STATUSES = {
+    "missing": set(),
+    "failed": set(records.FAILED),
+    "oom": set(records.FAILED) | {records.OOM, records.SKIPPED, records.PREDICTED_OOM},
+}
+
+
+@dataclass
+class CellHistory:
+    attempts: int = 0
+    ok: bool = False
+    last_status: str = ""  # of the latest final attempt; "" when none is final
+    last_time: int = 0
+
+
+def attempt_files(run_dir: RunDir) -> list[str]:
+    if not run_dir.attempts_dir.exists():
+        return []
+    return sorted(str(p) for p in run_dir.attempts_dir.glob("part-*.parquet"))
+
+
+def read_history(run_dir: RunDir) -> dict[str, CellHistory]:
+    files = attempt_files(run_dir)
+    if not files:
+        return {}
+    table = ds.dataset(files, format="parquet").to_table(
+        columns=["cell_id", "status", "flags", "finished_at"]
+    )
+    cell_ids = table.column("cell_id").to_pylist()
+    statuses = table.column("status").to_pylist()
+    flags = table.column("flags").to_pylist()
+    times = table.column("finished_at").cast("int64").to_pylist()
+    out: dict[str, CellHistory] = {}
+    for cid, status, fl, t in zip(cell_ids, statuses, flags, times):
+        h = out.setdefault(cid, CellHistory())
+        h.attempts += 1
+        if status == records.OK:
+            h.ok = True
+        if fl and RETRYING_FLAG in fl:
+            continue
+        if t is not None and t >= h.last_time:
+            h.last_time, h.last_status = t, status
+    return out
+
+
+def cells_to_run(plan: Iterable[Cell], history: dict[str, CellHistory], redo: str = "failed") -> list[Cell]:
+    if redo not in REDO_MODES:
+        raise ValueError(f"redo must be one of {', '.join(REDO_MODES)}")
+    again = _REDO_STATUSES[redo]
+    todo = []
+    for cell in plan:
+        h = history.get(cell.cell_id)
+        if h is None or h.ok is False and (not h.last_status or h.last_status in again):
+            todo.append(cell)
+    return todo

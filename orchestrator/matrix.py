@@ -1,0 +1,457 @@
+"""A sweep as data: the TOML matrix file, parsed into typed settings and validated up front.
+
+Every problem is reported before anything runs, all at once, each naming the file, the key and
+the fix. This module checks what can be checked from the file alone; inputs.py checks what
+needs the files it names (the model exists, the corpus is long enough).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvsweep import cache_types
+from kvsweep.workers.faults import validate as validate_faults
+from kvsweep.workers.generated_models import ARCHITECTURES, ModelRecipe
+
+FLASH_ATTN_MODES = ("on", "off", "auto")
+QUALITY_PLACEMENTS = ("any", "every-backend")
+
+
+class MatrixError(ValueError):
+    """One or more problems in a matrix file; str() lists them all."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path | None  # a GGUF file
+    sha256: str  # optional for files on this host; required for files that are not
+    recipe: ModelRecipe | None  # a model kvsweep generates itself
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    corpus: Path
+    n_ctx: tuple[int, ...]
+    max_chunks: int = 0  # 0: every chunk
+    baseline: str = "f16"
+    n_batch: int = 512
+    n_ubatch: int = 512
+    max_contexts: int = 4  # compared contexts alive next to one baseline pass
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    depths: tuple[int, ...] = (0,)
+    n_prompt: int = 512
+    n_gen: int = 128
+    repetitions: int = 5
+    n_batch: int = 2048
+    n_ubatch: int = 512
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    flash_attn: str = "on"
+    n_gpu_layers: int = 999
+    n_threads: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+    cell_timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    oom_retries: int = 2
+    oom_backoff_s: float = 2.0
+    crash_retries: int = 1
+    skip_deeper_after_oom: bool = True
+    replace_on_oom: bool = True  # try a host with more memory before recording oom
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    speed_host_classes: tuple[str, ...] = ()  # empty: every host class in the fleet
+    quality_on: str = "any"
+    try_predicted_oom: bool = False
+
+
+@dataclass(frozen=True)
+class Matrix:
+    source: Path
+    name: str
+    models: tuple[ModelSpec, ...]
+    configs: tuple[tuple[str, str], ...]  # (type_k, type_v), in the order the file lists them
+    runtime: RuntimeSpec
+    quality: QualitySpec | None
+    speed: SpeedSpec | None
+    retry: RetrySpec = RetrySpec()
+    placement: PlacementSpec = PlacementSpec()
+    faults: tuple[dict, ...] = field(default=())
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent
+
+
+# -- a small reader that records problems instead of raising at the first one -------------
+
+
+class _Reader:
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+
+    def problem(self, key: str, message: str, fix: str = "") -> None:
+        text = f"{self.path}: [{key}] {message}"
+        if fix:
+            text += f" -> {fix}"
+        self.problems.append(text)
+
+    def table(self, data: dict, name: str, known: dict[str, Any]) -> dict:
+        """Values of table `name` with defaults filled in; unknown keys are problems."""
+        out = {}
+        for key, value in data.items():
+            if key not in known:
+                near = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
+                self.problem(f"{name}.{key}" if name else key, "unknown key", hint)
+                continue
+            out[key] = value
+        for key, default in known.items():
+            out.setdefault(key, default)
+        return out
+
+    def typed(self, value, key: str, kind, what: str):
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            self.problem(key, f"must be {what}, got {value!r}")
+            return None
+        return value
+
+    def positive(self, value, key: str, allow_zero: bool = False):
+        v = self.typed(value, key, int, "an integer")
+        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+            self.problem(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+            return None
+        return v
+
+    def int_list(self, value, key: str, example: str, allow_zero: bool = False) -> tuple[int, ...]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.problem(key, "must be a non-empty list of integers", f"e.g. {example}")
+            return ()
+        items = [self.positive(v, key, allow_zero) for v in value]
+        if any(v is None for v in items):
+            return ()
+        dupes = sorted({v for v in items if items.count(v) > 1})
+        if dupes:
+            self.problem(key, f"lists {dupes} more than once", "remove the duplicates")
+        return tuple(dict.fromkeys(items))
+
+    def cache_type(self, value, key: str, allowed=None) -> str | None:
+        allowed = allowed or tuple(cache_types.MAINLINE)
+        if value not in allowed:
+            what = "not allowed here" if value in cache_types.MAINLINE else "unknown cache type"
+            self.problem(key, f"{what}: {value!r}", f"valid: {', '.join(allowed)}")
+            return None
+        return value
+
+    def type_list(self, value, key: str) -> list[str]:
+        if not isinstance(value, list) or not value:
+            self.problem(key, "must be a non-empty list of cache types", f"e.g. {key.split('.')[-1]} = [\"f16\", \"q8_0\"]")
+            return []
+        names = [self.cache_type(v, key) for v in value]
+        dupes = sorted({v for v in value if isinstance(v, str) and value.count(v) > 1})
+        if dupes:
+            self.problem(key, f"lists {', '.join(dupes)} more than once", "remove the duplicates")
+        return [n for n in names if n]
+
+
+# -- the sections ------------------------------------------------------------------------
+
+_TOP = {
+    "name": None,
+    "models": None,
+    "cache": None,
+    "quality": None,
+    "speed": None,
+    "runtime": {},
+    "retry": {},
+    "placement": {},
+    "testing": {},
+}
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Parse and validate a matrix file; raises MatrixError listing every problem."""
+    path = Path(path)
+    problems: list[str] = []
+    if not path.exists():
+        raise MatrixError([f"{path}: no such matrix file -> check the path (see matrices/ for examples)"])
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError([f"{path}: not valid TOML: {exc}"]) from None
+    r = _Reader(path.resolve(), problems)
+    top = r.table(data, "", _TOP)
+
+    name = top["name"]
+    if name is None:
+        name = path.stem
+    elif not isinstance(name, str) or not name.strip() or "/" in name:
+        r.problem("name", f"must be a non-empty string without '/', got {name!r}")
+        name = path.stem
+
+    runtime = _runtime(r, top["runtime"])
+    models = _models(r, top["models"], path.resolve().parent)
+    configs = _configs(r, top["cache"], runtime)
+    quality = _quality(r, top["quality"], path.resolve().parent) if top["quality"] is not None else None
+    speed = _speed(r, top["speed"]) if top["speed"] is not None else None
+    if quality is None and speed is None:
+        r.problem("quality/speed", "the matrix measures nothing", "add a [quality] or a [speed] table (or both)")
+    retry = _retry(r, top["retry"])
+    placement = _placement(r, top["placement"])
+    testing = r.table(_as_table(r, top["testing"], "testing"), "testing", {"faults": []})
+    faults = testing["faults"]
+    if not isinstance(faults, list) or not all(isinstance(f, dict) for f in faults):
+        r.problem("testing.faults", "must be a list of tables", "see docs/failures.md")
+        faults = []
+    for msg in validate_faults(faults):
+        r.problem("testing." + msg.split(" ", 1)[0], msg.split(" ", 1)[1])
+
+    if problems:
+        raise MatrixError(problems)
+    return Matrix(
+        source=path.resolve(),
+        name=name,
+        models=tuple(models),
+        configs=tuple(configs),
+        runtime=runtime,
+        quality=quality,
+        speed=speed,
+        retry=retry,
+        placement=placement,
+        faults=tuple(faults),
+    )
+
+
+def _as_table(r: _Reader, value, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        r.problem(key, "must be a table", f"write it as [{key}]")
+        return {}
+    return value
+
+
+def _models(r: _Reader, value, base: Path) -> list[ModelSpec]:
+    if value is None:
+        r.problem("models", "no models", 'add [[models]] with path = "/path/to/model.gguf" (or generate = {arch = "llama"})')
+        return []
+    if not isinstance(value, list) or not value:
+        r.problem("models", "must be a non-empty array of tables", "write each model as [[models]]")
+        return []
+    out, names = [], []
+    for i, entry in enumerate(value):
+        key = f"models[{i}]"
+        if not isinstance(entry, dict):
+            r.problem(key, "must be a table", "write each model as [[models]]")
+            continue
+        entry = r.table(entry, key, {"name": None, "path": None, "sha256": "", "generate": None})
+        path, recipe = entry["path"], None
+        if (path is None) == (entry["generate"] is None):
+            r.problem(key, "needs exactly one of 'path' (a GGUF file) or 'generate' (a test model)",
+                      'e.g. path = "/models/qwen.gguf"')
+            continue
+        if path is not None:
+            if not isinstance(path, str) or not path:
+                r.problem(f"{key}.path", f"must be a file path, got {path!r}")
+                continue
+            path = Path(path).expanduser()
+            path = path if path.is_absolute() else base / path
+        else:
+            recipe = _recipe(r, entry["generate"], f"{key}.generate")
+            if recipe is None:
+                continue
+        sha = entry["sha256"]
+        if sha and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+            r.problem(f"{key}.sha256", "must be 64 hex digits", "run: sha256sum MODEL.gguf")
+            sha = ""
+        name = entry["name"] or (path.stem if path else f"tiny-{recipe.arch}")
+        if name in names:
+            r.problem(f"{key}.name", f"model name {name!r} is used twice", "give each model its own name")
+        names.append(name)
+        out.append(ModelSpec(name=name, path=path, sha256=(sha or "").lower(), recipe=recipe))
+    return out
+
+
+def _recipe(r: _Reader, value, key: str) -> ModelRecipe | None:
+    if not isinstance(value, dict):
+        r.problem(key, "must be a table", 'e.g. generate = { arch = "llama", seed = 0 }')
+        return None
+    known = {f: getattr(ModelRecipe(), f) for f in ModelRecipe.__dataclass_fields__}
+    values = r.table(value, key, known)
+    if values["arch"] not in ARCHITECTURES:
+        r.problem(f"{key}.arch", f"unknown architecture {values['arch']!r}", f"one of: {', '.join(ARCHITECTURES)}")
+        return None
+    for k, v in values.items():
+        if k != "arch" and r.positive(v, f"{key}.{k}", allow_zero=k in ("seed", "n_vocab")) is None:
+            return None
+    if values["n_embd"] % values["n_head"] or values["n_head"] % values["n_head_kv"]:
+        r.problem(key, "n_embd must divide by n_head, and n_head by n_head_kv")
+        return None
+    return ModelRecipe(**values)
+
+
+def _configs(r: _Reader, value, runtime: RuntimeSpec) -> list[tuple[str, str]]:
+    table = _as_table(r, value, "cache")
+    if not table:
+        r.problem("cache", "no cache types", 'add [cache] with symmetric = ["f16", "q8_0"] (or k/v lists, or pairs)')
+        return []
+    t = r.table(table, "cache", {"k": None, "v": None, "symmetric": None, "pairs": None})
+    configs: list[tuple[str, str]] = []
+    if t["symmetric"] is not None:
+        configs += [(n, n) for n in r.type_list(t["symmetric"], "cache.symmetric")]
+    if (t["k"] is None) != (t["v"] is None):
+        r.problem("cache.k" if t["k"] is None else "cache.v", "k and v lists go together (their product is swept)",
+                  "give both, or use 'symmetric' / 'pairs'")
+    elif t["k"] is not None:
+        ks, vs = r.type_list(t["k"], "cache.k"), r.type_list(t["v"], "cache.v")
+        configs += [(k, v) for k in ks for v in vs]
+    if t["pairs"] is not None:
+        pairs = t["pairs"]
+        if not isinstance(pairs, list) or not pairs:
+            r.problem("cache.pairs", "must be a non-empty list of [K, V] pairs", 'e.g. pairs = [["q8_0", "q4_0"]]')
+        else:
+            seen = []
+            for i, pair in enumerate(pairs):
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    r.problem(f"cache.pairs[{i}]", f"must be [K, V], got {pair!r}")
+                    continue
+                k = r.cache_type(pair[0], f"cache.pairs[{i}]")
+                v = r.cache_type(pair[1], f"cache.pairs[{i}]")
+                if k and v:
+                    if (k, v) in seen:
+                        r.problem(f"cache.pairs[{i}]", f"[{k}, {v}] is listed twice", "remove the duplicate")
+                    seen.append((k, v))
+                    configs.append((k, v))
+    if not configs and not r.problems:
+        r.problem("cache", "no cache types", "give symmetric, k and v, or pairs")
+    configs = list(dict.fromkeys(configs))  # the same pair from two forms is swept once
+    if runtime.flash_attn == "off":
+        for k, v in configs:
+            if cache_types.MAINLINE[v].quantized:
+                r.problem("runtime.flash_attn", f"V cache {v} is quantized, and llama.cpp needs flash "
+                          "attention for a quantized V cache", 'set flash_attn = "on", or drop that V type')
+                break
+    return configs
+
+
+def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
+    t = r.table(_as_table(r, value, "quality"), "quality", {
+        "corpus": None, "n_ctx": [512], "max_chunks": 0, "baseline": "f16", "n_batch": 512,
+        "n_ubatch": 512, "max_contexts": 4})
+    corpus = t["corpus"]
+    if not isinstance(corpus, str) or not corpus:
+        r.problem("quality.corpus", "needs a text file to measure perplexity on",
+                  'e.g. corpus = "/data/wikitext-2-raw/wiki.test.raw"')
+        return None
+    corpus_path = Path(corpus).expanduser()
+    corpus_path = corpus_path if corpus_path.is_absolute() else base / corpus_path
+    n_ctx = r.int_list(t["n_ctx"], "quality.n_ctx", "n_ctx = [4096, 16384]")
+    for n in n_ctx:
+        if n < 8 or n % 2:
+            r.problem("quality.n_ctx", f"{n} is too small or odd", "use an even context of at least 8 tokens")
+    baseline = r.cache_type(t["baseline"], "quality.baseline", cache_types.BASELINE_TYPES)
+    values = {k: r.positive(t[k], f"quality.{k}", allow_zero=k == "max_chunks")
+              for k in ("max_chunks", "n_batch", "n_ubatch", "max_contexts")}
+    if None in values.values() or not n_ctx or not baseline:
+        return None
+    return QualitySpec(corpus=corpus_path, n_ctx=n_ctx, baseline=baseline, **values)
+
+
+def _speed(r: _Reader, value) -> SpeedSpec | None:
+    d = SpeedSpec()
+    t = r.table(_as_table(r, value, "speed"), "speed", {
+        "depths": list(d.depths), "n_prompt": d.n_prompt, "n_gen": d.n_gen,
+        "repetitions": d.repetitions, "n_batch": d.n_batch, "n_ubatch": d.n_ubatch})
+    depths = r.int_list(t["depths"], "speed.depths", "depths = [0, 8192, 65536]", allow_zero=True)
+    values = {k: r.positive(t[k], f"speed.{k}", allow_zero=k in ("n_prompt", "n_gen"))
+              for k in ("n_prompt", "n_gen", "repetitions", "n_batch", "n_ubatch")}
+    if None in values.values() or not depths:
+        return None
+    if values["n_prompt"] == 0 and values["n_gen"] == 0:
+        r.problem("speed", "n_prompt and n_gen are both 0: nothing to time", "set n_prompt = 512, n_gen = 128")
+        return None
+    return SpeedSpec(depths=depths, **values)
+
+
+def _runtime(r: _Reader, value) -> RuntimeSpec:
+    d = RuntimeSpec()
+    t = r.table(_as_table(r, value, "runtime"), "runtime", {
+        "flash_attn": d.flash_attn, "n_gpu_layers": d.n_gpu_layers, "n_threads": d.n_threads,
+        "env": {}, "cell_timeout_s": d.cell_timeout_s})
+    fa = t["flash_attn"]
+    if fa not in FLASH_ATTN_MODES:
+        r.problem("runtime.flash_attn", f"must be one of {', '.join(FLASH_ATTN_MODES)}, got {fa!r}")
+        fa = d.flash_attn
+    env = t["env"]
+    if not isinstance(env, dict) or not all(isinstance(v, (str, int)) for v in env.values()):
+        r.problem("runtime.env", "must be a table of environment variables", 'e.g. env = { LLAMA_ATTN_ROT_DISABLE = "1" }')
+        env = {}
+    timeout = r.typed(t["cell_timeout_s"], "runtime.cell_timeout_s", float, "a number of seconds")
+    if timeout is not None and timeout <= 0:
+        r.problem("runtime.cell_timeout_s", "must be > 0")
+        timeout = None
+    return RuntimeSpec(
+        flash_attn=fa,
+        n_gpu_layers=r.positive(t["n_gpu_layers"], "runtime.n_gpu_layers", allow_zero=True) or 0,
+        n_threads=r.positive(t["n_threads"], "runtime.n_threads", allow_zero=True) or 0,
+        env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+        cell_timeout_s=timeout or d.cell_timeout_s,
+    )
+
+
+def _retry(r: _Reader, value) -> RetrySpec:
+    d = RetrySpec()
+    t = r.table(_as_table(r, value, "retry"), "retry", {
+        "oom_retries": d.oom_retries, "oom_backoff_s": d.oom_backoff_s, "crash_retries": d.crash_retries,
+        "skip_deeper_after_oom": d.skip_deeper_after_oom, "replace_on_oom": d.replace_on_oom})
+    out = {}
+    for k in ("oom_retries", "crash_retries"):
+        v = r.positive(t[k], f"retry.{k}", allow_zero=True)
+        out[k] = getattr(d, k) if v is None else v
+    backoff = r.typed(t["oom_backoff_s"], "retry.oom_backoff_s", float, "a number of seconds")
+    out["oom_backoff_s"] = d.oom_backoff_s if backoff is None else backoff
+    for k in ("skip_deeper_after_oom", "replace_on_oom"):
+        v = r.typed(t[k], f"retry.{k}", bool, "true or false")
+        out[k] = getattr(d, k) if v is None else v
+    return RetrySpec(**out)
+
+
+def _placement(r: _Reader, value) -> PlacementSpec:
+    t = r.table(_as_table(r, value, "placement"), "placement", {
+        "speed_host_classes": [], "quality_on": "any", "try_predicted_oom": False})
+    classes = t["speed_host_classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        r.problem("placement.speed_host_classes", "must be a list of host class names", "[] means every class")
+        classes = []
+    if t["quality_on"] not in QUALITY_PLACEMENTS:
+        r.problem("placement.quality_on", f"must be one of {', '.join(QUALITY_PLACEMENTS)}")
+    tp = r.typed(t["try_predicted_oom"], "placement.try_predicted_oom", bool, "true or false")
+    return PlacementSpec(
+        speed_host_classes=tuple(classes),
+        quality_on=t["quality_on"] if t["quality_on"] in QUALITY_PLACEMENTS else "any",
+        try_predicted_oom=bool(tp),
+    )

@@ -1,0 +1,120 @@
+"""Progress of a sweep: cells done / failed / running per host, and an ETA.
+
+On a terminal it is a live table (rich); otherwise (CI, a log file) a log line every 10 s and
+one per failure, so long sweeps leave a readable trail.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, defaultdict
+
+from loguru import logger
+
+from kvsweep import records
+from kvsweep.workers.runner import RETRYING_FLAG
+
+
+class ProgressView:
+    def __init__(self, total: int, already_done: int = 0, live: bool | None = None):
+        self.total = total
+        self.already_done = already_done
+        self.started = time.monotonic()
+        self.done = Counter()  # status -> count, this session
+        self.per_host: dict[str, Counter] = defaultdict(Counter)
+        self.running: dict[str, str] = {}  # worker -> what it runs
+        self.live_mode = sys.stderr.isatty() if live is None else live
+        self._live = None
+        self._last_log = 0.0
+
+    # -- events from the scheduler ---------------------------------------------------------
+    def on_event(self, kind: str, slot, payload) -> None:
+        host = slot.host if slot is not None else "-"
+        if kind == "dispatched":
+            unit = payload
+            self.running[slot.worker_id] = f"{unit.kind} x{len(unit.cells)} ({unit.cells[0].model_name})"
+        elif kind == "idle":
+            self.running.pop(slot.worker_id, None)
+        elif kind == "progress":
+            ev = payload
+            self.running[slot.worker_id] = f"quality chunk {ev.done}/{ev.total}"
+        elif kind == "finished":
+            cell, outcome = payload
+            if RETRYING_FLAG in outcome.flags:
+                logger.warning(f"{host}: {cell.test_name} {cell.type_k}/{cell.type_v}: out of memory, retrying")
+                return
+            self.done[outcome.status] += 1
+            self.per_host[host][outcome.status] += 1
+            if outcome.status not in (records.OK, records.SKIPPED):
+                logger.warning(
+                    f"{host}: {cell.model_name} {cell.test_name} K={cell.type_k} V={cell.type_v}: "
+                    f"{outcome.status} ({outcome.error_class}: {outcome.error_message.splitlines()[0] if outcome.error_message else ''})"
+                )
+        self.refresh()
+
+    # -- rendering -------------------------------------------------------------------------
+    @property
+    def finished(self) -> int:
+        return sum(self.done.values())
+
+    def eta_s(self) -> float | None:
+        n = self.finished
+        left = self.total - self.already_done - n
+        if n == 0 or left <= 0:
+            return None
+        return (time.monotonic() - self.started) / n * left
+
+    def line(self) -> str:
+        n = self.already_done + self.finished
+        failed = sum(v for k, v in self.done.items() if k != records.OK)
+        eta = self.eta_s()
+        eta_text = f", ETA {_fmt(eta)}" if eta is not None else ""
+        return (f"{n}/{self.total} cells ({self.done[records.OK]} ok, {failed} not ok this session), "
+                f"{len(self.running)} running, {_fmt(time.monotonic() - self.started)} elapsed{eta_text}")
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title=self.line(), title_justify="left")
+        for col in ("host", "ok", "failed", "skipped", "running"):
+            t.add_column(col)
+        for host in sorted(self.per_host):
+            c = self.per_host[host]
+            failed = sum(v for k, v in c.items() if k not in (records.OK, records.SKIPPED))
+            t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]), "")
+        for worker, what in sorted(self.running.items()):
+            t.add_row(f"  {worker}", "", "", "", what)
+        return t
+
+    def start(self) -> None:
+        if self.live_mode:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=4)
+            self._live.start()
+        else:
+            logger.info(self.line())
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+        elif time.monotonic() - self._last_log >= 10:
+            self._last_log = time.monotonic()
+            logger.info(self.line())
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        logger.info(self.line())
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

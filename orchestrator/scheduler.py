@@ -1,0 +1,377 @@
+"""The driver loop: hand work units to workers, record every attempt, decide what happens next.
+
+Ray does the distribution (actors, streaming generators, restarts); this is the policy on top:
+
+- dispatch: an idle worker takes the first queued unit it may run (host class for speed
+  units, backend for per-backend quality, exclusions from the OOM ladder), preferring units of
+  the model it already has loaded; one unit per worker at a time, so timings never overlap.
+- every Finished event becomes an attempt row at once (buffered, flushed at least every
+  second); Progress events prove liveness.
+- OOM ladder: the worker retried with backoff already; a final OOM is re-placed on a worker
+  with more memory when the fleet has one (replace_on_oom), else recorded. Deeper depths of
+  that series on that host class are then recorded as skipped (skip_deeper_after_oom).
+- crash: the actor died (abort, segfault, kill). Speed: the running cell gets a crash row and
+  is retried up to crash_retries; quality: every cell of the group gets one and is retried
+  alone, so the culprit is isolated. Ray restarts the actor; the model is loaded again.
+- timeout: no event for cell_timeout_s. The actor is killed (and restarted by Ray), the
+  running cell(s) recorded as timeout, the rest of the unit queued again.
+- node lost: its cells are recorded (flag node-lost, not counted as crashes) and run elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from kvsweep import records
+from kvsweep.cells import QUALITY, Cell, WorkUnit
+from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
+from kvsweep.orchestrator.plan import make_units, speed_series_key
+from kvsweep.orchestrator.sink import ResultSink
+from kvsweep.workers.runner import RETRYING_FLAG, Finished, Progress, Returned
+
+
+@dataclass
+class Policy:
+    cell_timeout_s: float = 3600.0
+    crash_retries: int = 1
+    replace_on_oom: bool = True
+    skip_deeper_after_oom: bool = True
+    max_contexts: int = 4
+
+
+@dataclass
+class InFlight:
+    slot: WorkerSlot
+    unit: WorkUnit
+    gen: object
+    started: float
+    last_event: float
+    pending: list[str]  # cell ids not yet finished or returned, in order
+    killed_for_timeout: bool = False
+    oom_replace: list[Cell] = field(default_factory=list)  # cells to re-place after final OOM
+    oom_final: set[str] = field(default_factory=set)  # series heads whose OOM was final
+
+
+@dataclass
+class Summary:
+    by_status: Counter = field(default_factory=Counter)
+    stranded: list[Cell] = field(default_factory=list)  # no worker can ever run these
+    interrupted: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cells: list[Cell],
+        slots: list[WorkerSlot],
+        sink: ResultSink,
+        run_id: str,
+        policy: Policy,
+        corpora_refs: dict,
+        attempts_so_far: dict[str, int] | None = None,
+        on_event: Callable[[str, WorkerSlot | None, object], None] = lambda *a: None,
+        refresh_fleet: Callable[[], list[WorkerSlot]] | None = None,
+    ):
+        self.cells = {c.cell_id: c for c in cells}
+        self.slots = slots
+        self.sink = sink
+        self.run_id = run_id
+        self.policy = policy
+        self.corpora_refs = corpora_refs
+        self.attempts = Counter(attempts_so_far or {})
+        self.crashes: Counter = Counter()
+        self.oom_nodes: dict[str, set[str]] = {}
+        self.queue: deque[WorkUnit] = deque(make_units(cells, policy.max_contexts))
+        self.in_flight: dict[str, InFlight] = {}
+        self.summary = Summary()
+        self.on_event = on_event
+        self.refresh_fleet = refresh_fleet
+        self._last_refresh = time.monotonic()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> Summary:
+        import ray
+
+        try:
+            while self.queue or self.in_flight:
+                self._dispatch()
+                if not self.in_flight:
+                    if self.queue:
+                        self._strand_queue()
+                    break
+                gens = [f.gen for f in self.in_flight.values()]
+                ready, _ = ray.wait(gens, num_returns=1, timeout=0.25)
+                for gen in ready:
+                    flight = next(f for f in self.in_flight.values() if f.gen is gen)
+                    self._advance(flight)
+                self._check_timeouts()
+                self._maybe_refresh_fleet()
+                self.sink.maybe_flush()
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            logger.warning("interrupted: recording what has finished; `kvsweep resume` continues")
+        finally:
+            self.sink.flush()
+        return self.summary
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if not slot.alive or slot.busy or not self.queue:
+                continue
+            unit = self._take_unit_for(slot)
+            if unit is None:
+                continue
+            gen = slot.actor.run_unit.remote(unit, self.corpora_refs)
+            now = time.monotonic()
+            self.in_flight[slot.worker_id] = InFlight(slot, unit, gen, now, now, [c.cell_id for c in unit.cells])
+            slot.busy = True
+            slot.loaded_model = unit.model_sha256
+            self.on_event("dispatched", slot, unit)
+
+    def _take_unit_for(self, slot: WorkerSlot) -> WorkUnit | None:
+        runnable = [u for u in self.queue if self._can_run(slot, u)]
+        if not runnable:
+            return None
+        same_model = [u for u in runnable if u.model_sha256 == slot.loaded_model]
+        unit = (same_model or runnable)[0]
+        self.queue.remove(unit)
+        return unit
+
+    @staticmethod
+    def _can_run(slot: WorkerSlot, unit: WorkUnit) -> bool:
+        if unit.host_class and unit.host_class != slot.host_class:
+            return False
+        if unit.backend and unit.backend != slot.backend:
+            return False
+        if slot.node_id in unit.exclude_nodes:
+            return False
+        return slot.memory_total >= unit.min_free_memory
+
+    def _strand_queue(self) -> None:
+        """Units no live worker may run (host class absent, every bigger host tried)."""
+        for unit in list(self.queue):
+            for cell in unit.cells:
+                if unit.exclude_nodes:  # OOM everywhere we could try: the OOM stands
+                    self._record_synthetic(cell, records.OOM, "OutOfMemory",
+                                           "ran out of memory on every host it could be placed on")
+                else:
+                    self.summary.stranded.append(cell)
+        self.queue.clear()
+
+    # -- events ------------------------------------------------------------------------------
+    def _advance(self, flight: InFlight) -> None:
+        import ray
+
+        try:
+            ref = next(flight.gen)
+            event = ray.get(ref)
+        except StopIteration:
+            self._unit_done(flight)
+            return
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc, ray.exceptions.RayActorError):
+                self._unit_died(flight, exc)
+            else:  # a bug below the runner's own error handling: record, do not retry
+                for cid in flight.pending:
+                    self._record_synthetic(self.cells[cid], records.ERROR, type(exc).__name__, str(exc), flight.slot)
+                flight.pending.clear()
+                self._unit_done(flight)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as exc:
+            self._unit_died(flight, exc)
+            return
+        flight.last_event = time.monotonic()
+        if isinstance(event, Progress):
+            self.on_event("progress", flight.slot, event)
+        elif isinstance(event, Finished):
+            self._finished(flight, event.outcome)
+        elif isinstance(event, Returned):
+            self._returned(flight, event)
+
+    def _finished(self, flight: InFlight, outcome: records.CellOutcome) -> None:
+        cell = self.cells[outcome.cell_id]
+        self._record(cell, outcome, flight.slot)
+        if RETRYING_FLAG in outcome.flags:
+            return  # the worker tries again itself
+        if outcome.cell_id in flight.pending:
+            flight.pending.remove(outcome.cell_id)
+        if outcome.status == records.OOM:
+            self._after_oom(flight, cell)
+
+    def _after_oom(self, flight: InFlight, cell: Cell) -> None:
+        tried = self.oom_nodes.setdefault(cell.cell_id, set())
+        tried.add(flight.slot.node_id)
+        bigger = [
+            s for s in self.slots
+            if s.alive and s.node_id not in tried and s.memory_total > flight.slot.memory_total
+            and (not cell.host_class or s.host_class == cell.host_class)
+            and (not cell.quality_backend or s.backend == cell.quality_backend)
+        ]
+        if self.policy.replace_on_oom and bigger:
+            flight.oom_replace.append(cell)
+        else:
+            flight.oom_final.add(cell.cell_id)
+
+    def _returned(self, flight: InFlight, event: Returned) -> None:
+        cells = [self.cells[c] for c in event.cell_ids]
+        for cid in event.cell_ids:
+            if cid in flight.pending:
+                flight.pending.remove(cid)
+        replaced = {c.cell_id for c in flight.oom_replace}
+        if flight.oom_replace and any(c.cell_id in replaced for c in flight.unit.cells):
+            flight.oom_replace.extend(cells)  # the deeper depths follow their head
+        elif self.policy.skip_deeper_after_oom:
+            for cell in cells:
+                self._record_synthetic(cell, records.SKIPPED, "SkippedAfterOOM",
+                                       "a shallower depth of this configuration ran out of memory on this host class",
+                                       flight.slot)
+        else:
+            self._requeue(cells)
+
+    def _unit_done(self, flight: InFlight) -> None:
+        self._release(flight)
+        if flight.oom_replace:
+            tried = set().union(*(self.oom_nodes.get(c.cell_id, set()) for c in flight.oom_replace))
+            for unit in make_units(flight.oom_replace, self.policy.max_contexts):
+                unit.exclude_nodes = tuple(sorted(tried))
+                unit.min_free_memory = flight.slot.memory_total + 1
+                self.queue.appendleft(unit)
+        if flight.pending:  # the worker ended without reporting some cells: run them again
+            self._requeue([self.cells[c] for c in flight.pending])
+
+    def _unit_died(self, flight: InFlight, exc: BaseException) -> None:
+        slot = flight.slot
+        self._release(flight)
+        slot.loaded_model = ""
+        if flight.killed_for_timeout:
+            self._requeue([self.cells[c] for c in flight.pending])
+            return
+        node_lost = not node_alive(slot.node_id)
+        if node_lost:
+            slot.alive = False
+            logger.warning(f"worker {slot.worker_id} on {slot.host}: node lost; its cells go elsewhere")
+        if not flight.pending:
+            return
+        running = flight.pending if flight.unit.kind == QUALITY else flight.pending[:1]
+        rest = [c for c in flight.pending if c not in running]
+        again: list[Cell] = []
+        for cid in running:
+            cell = self.cells[cid]
+            flags = ["node-lost"] if node_lost else []
+            self._record_synthetic(cell, records.CRASH, "NodeLost" if node_lost else "WorkerDied",
+                                   _describe_death(exc), slot, flags)
+            if node_lost:
+                again.append(cell)
+                continue
+            self.crashes[cid] += 1
+            if self.crashes[cid] <= self.policy.crash_retries:
+                again.append(cell)
+        if flight.unit.kind == QUALITY and len(running) > 1 and not node_lost:
+            for cell in again:  # isolate the culprit: each cell on its own next time
+                self.queue.appendleft(make_units([cell], self.policy.max_contexts)[0])
+            again = []
+        self._requeue(again + [self.cells[c] for c in rest], front=True)
+
+    def _check_timeouts(self) -> None:
+        import ray
+
+        now = time.monotonic()
+        for flight in list(self.in_flight.values()):
+            if flight.killed_for_timeout or now - flight.last_event < self.policy.cell_timeout_s:
+                continue
+            running = flight.pending if flight.unit.kind == QUALITY else flight.pending[:1]
+            for cid in running:
+                self._record_synthetic(
+                    self.cells[cid], records.TIMEOUT, "CellTimeout",
+                    f"no progress for {self.policy.cell_timeout_s:.0f} s (runtime.cell_timeout_s); "
+                    "the worker was killed and replaced", flight.slot)
+            flight.pending = [c for c in flight.pending if c not in running]
+            flight.killed_for_timeout = True
+            logger.warning(f"worker {flight.slot.worker_id}: cell timed out, killing the actor")
+            ray.kill(flight.slot.actor, no_restart=False)
+
+    def _maybe_refresh_fleet(self) -> None:
+        if self.refresh_fleet is None or time.monotonic() - self._last_refresh < 10:
+            return
+        self._last_refresh = time.monotonic()
+        new = self.refresh_fleet()
+        if new:
+            logger.info(f"{len(new)} worker(s) joined: {', '.join(s.worker_id for s in new)}")
+            self.slots.extend(new)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _release(self, flight: InFlight) -> None:
+        flight.slot.busy = False
+        self.in_flight.pop(flight.slot.worker_id, None)
+        self.on_event("idle", flight.slot, None)
+
+    def _requeue(self, cells: list[Cell], front: bool = False) -> None:
+        if not cells:
+            return
+        units = make_units(cells, self.policy.max_contexts)
+        if front:
+            self.queue.extendleft(reversed(units))
+        else:
+            self.queue.extend(units)
+
+    def _record(self, cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | None) -> None:
+        self.attempts[cell.cell_id] += 1
+        row = attempt_row(cell, outcome, slot, self.run_id, self.attempts[cell.cell_id])
+        self.sink.add(row, outcome.tokens)
+        if RETRYING_FLAG not in outcome.flags:
+            self.summary.by_status[outcome.status] += 1
+        self.on_event("finished", slot, (cell, outcome))
+
+    def _record_synthetic(self, cell: Cell, status: str, error_class: str, message: str,
+                          slot: WorkerSlot | None = None, flags: list[str] | None = None) -> None:
+        now = time.time()
+        outcome = records.CellOutcome(cell.cell_id, status, now, now, error_class=error_class,
+                                      error_message=message, flags=flags or [])
+        self._record(cell, outcome, slot)
+
+
+def _describe_death(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return "the worker process died while running this cell: " + (text[0] if text else type(exc).__name__)
+
+
+def _ts(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+
+
+def attempt_row(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | None, run_id: str,
+                attempt: int) -> dict:
+    row = {
+        "run_id": run_id,
+        "cell_id": cell.cell_id,
+        "attempt_id": uuid.uuid4().hex,
+        "attempt": attempt,
+        "kind": cell.kind,
+        "test": cell.test_name,
+        "status": outcome.status,
+        "error_class": outcome.error_class,
+        "error_message": outcome.error_message,
+        "log_tail": outcome.log_tail,
+        "flags": list(outcome.flags),
+        "started_at": _ts(outcome.started_at),
+        "finished_at": _ts(outcome.finished_at),
+        "duration_s": outcome.finished_at - outcome.started_at,
+    }
+    for name in ("model_name", "model_sha256", "type_k", "type_v", "flash_attn", "n_gpu_layers",
+                 "n_batch", "n_ubatch", "env", "n_ctx", "max_chunks", "corpus_sha256", "baseline",
+                 "n_depth", "n_prompt", "n_gen", "repetitions", "host_class"):
+        row[name] = getattr(cell, name)
+    if slot is not None:
+        row.update(slot.row_fields())
+        row["host_class"] = cell.host_class or slot.host_class
+    row.update(outcome.facts)
+    row.update(outcome.metrics)
+    return row

@@ -1,0 +1,183 @@
+"""One sweep, start to end: what `kvsweep run` and `kvsweep resume` do.
+
+    load + validate the matrix -> check and fingerprint its files -> lock the run directory ->
+    start or join Ray, one worker actor per device -> expand the plan for this fleet ->
+    skip what the run directory already holds -> schedule -> flush -> report
+
+The CLI, the tests and the benchmarks all call `run_sweep`, so there is one code path.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from kvsweep.cells import Cell
+from kvsweep.orchestrator import fleet as fleet_mod
+from kvsweep.orchestrator.history import cells_to_run, read_history
+from kvsweep.orchestrator.inputs import resolve_inputs
+from kvsweep.orchestrator.matrix import Matrix, load_matrix
+from kvsweep.orchestrator.plan import expand, make_units
+from kvsweep.orchestrator.progress import ProgressView
+from kvsweep.orchestrator.run_dir import RunDir, new_session_id
+from kvsweep.orchestrator.scheduler import Policy, Scheduler, Summary
+from kvsweep.orchestrator.sink import ResultSink
+from kvsweep.workers.runner import RetryPolicy
+
+
+class InputProblems(RuntimeError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    planned: int
+    to_run: int
+    summary: Summary = field(default_factory=Summary)
+    report: Path | None = None
+
+
+def default_run_dir(matrix: Matrix) -> Path:
+    return Path("runs") / matrix.name
+
+
+@dataclass
+class RunOptions:
+    run_dir: Path | None = None
+    address: str | None = None  # None: an embedded local Ray
+    redo: str = "failed"
+    runner: str = "llama"  # "fake": FakeRunner, for scheduler tests and benchmarks only
+    fake_cell_seconds: float = 0.0
+    n_workers: int = 1  # embedded cluster only: worker actors on this host
+    progress: bool | None = None  # None: live display when stderr is a terminal
+    report: bool = True
+    flush_interval_s: float = 1.0
+
+
+def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
+              matrix: Matrix | None = None) -> SweepResult:
+    opts = opts or RunOptions()
+    matrix = matrix or load_matrix(matrix_path)
+    inputs = resolve_inputs(matrix)
+    if inputs.problems:
+        raise InputProblems(inputs.problems)
+    run_dir = RunDir(Path(opts.run_dir) if opts.run_dir else default_run_dir(matrix))
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    with run_dir.acquire_lock() as lock:
+        if lock.took_over:
+            logger.warning(f"took over the lock of a driver that is gone ({lock.took_over})")
+        return _run_locked(matrix, inputs, run_dir, opts)
+
+
+def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> SweepResult:
+    import ray
+
+    started_ray = False
+    if not ray.is_initialized():
+        if opts.address:
+            fleet_mod.connect(opts.address)
+        else:
+            fleet_mod.start_embedded(n_workers=opts.n_workers)
+        started_ray = True
+    slots = []
+    try:
+        retry = RetryPolicy(matrix.retry.oom_retries, matrix.retry.oom_backoff_s)
+        slot_args = dict(runner=opts.runner, fake_cell_seconds=opts.fake_cell_seconds,
+                         n_threads=matrix.runtime.n_threads, retry=retry,
+                         fault_plan=list(matrix.faults))
+        slots = fleet_mod.create_slots(**slot_args)
+        if not slots:
+            raise RuntimeError("no kvsweep workers in the Ray cluster: start some with "
+                               "`kvsweep worker join --address HEAD:PORT` (see docs/fleet.md)")
+        cells = expand(matrix, inputs, {s.host_class for s in slots}, {s.backend for s in slots})
+        history = read_history(run_dir)
+        todo = cells_to_run(cells, history, opts.redo)
+        session = new_session_id()
+        manifest = run_dir.start_session(matrix.source, session, sys.argv, len(cells))
+        run_dir.write_plan(cells)
+        logger.info(f"{run_dir.path}: {len(cells)} cells planned, {len(cells) - len(todo)} already "
+                    f"done, {len(todo)} to run on {len(slots)} worker(s)")
+        result = SweepResult(run_dir.path, len(cells), len(todo))
+        if todo:
+            corpora = {inputs.corpus_sha256: ray.put(inputs.corpus_text)} if inputs.corpus_text else {}
+            progress = ProgressView(len(cells), len(cells) - len(todo), live=opts.progress)
+            sink = ResultSink(run_dir, session, opts.flush_interval_s)
+            known = {s.worker_id for s in slots}
+
+            def refresh():
+                new = fleet_mod.create_slots(known=known, **slot_args) if opts.address else []
+                known.update(s.worker_id for s in new)
+                return new
+
+            scheduler = Scheduler(
+                todo, slots, sink, manifest["run_id"], _policy(matrix), corpora,
+                attempts_so_far={k: h.attempts for k, h in history.items()},
+                on_event=progress.on_event, refresh_fleet=refresh,
+            )
+            progress.start()
+            try:
+                result.summary = scheduler.run()
+            finally:
+                progress.stop()
+            if result.summary.stranded:
+                classes = sorted({c.host_class or c.quality_backend or "?" for c in result.summary.stranded})
+                logger.warning(f"{len(result.summary.stranded)} cells wait for a host the fleet does not "
+                               f"have ({', '.join(classes)}); `kvsweep resume` runs them once it does")
+        if opts.report:
+            from kvsweep.analysis.report import write_report
+
+            result.report = write_report(run_dir.path)
+        return result
+    finally:
+        for slot in slots:
+            try:
+                ray.kill(slot.actor)
+            except Exception:
+                pass
+        if started_ray:
+            fleet_mod.shutdown()
+
+
+def _policy(matrix: Matrix) -> Policy:
+    return Policy(
+        cell_timeout_s=matrix.runtime.cell_timeout_s,
+        crash_retries=matrix.retry.crash_retries,
+        replace_on_oom=matrix.retry.replace_on_oom,
+        skip_deeper_after_oom=matrix.retry.skip_deeper_after_oom,
+        max_contexts=matrix.quality.max_contexts if matrix.quality else 4,
+    )
+
+
+def dry_run(matrix_path: str | Path, address: str | None = None) -> tuple[Matrix, list[Cell], list[str], list[str]]:
+    """The plan without running it: (matrix, cells, host classes, problems)."""
+    matrix = load_matrix(matrix_path)
+    inputs = resolve_inputs(matrix)
+    if address:
+        fleet_mod.connect(address)
+        try:
+            slots = fleet_mod.create_slots(runner="fake")
+            classes = sorted({s.host_class for s in slots})
+            backends = sorted({s.backend for s in slots})
+            import ray
+
+            for s in slots:
+                ray.kill(s.actor)
+        finally:
+            fleet_mod.shutdown()
+    else:
+        from kvsweep.workers.probe import probe_host
+
+        probe = probe_host()
+        classes, backends = [probe.default_host_class()], [probe.primary_backend]
+    cells = expand(matrix, inputs, classes, backends)
+    return matrix, cells, classes, inputs.problems
+
+
+def units_of(cells: list[Cell], matrix: Matrix):
+    return make_units(cells, matrix.quality.max_contexts if matrix.quality else 4)

@@ -1,0 +1,139 @@
+"""The quality and speed passes on a real generated model, checked against independent paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_CORPUS
+from kvsweep import records
+from kvsweep.cells import Cell, WorkUnit
+from kvsweep.hashing import file_sha256
+from kvsweep.workers.kl_math import Reducer
+from kvsweep.workers.llama_api import Model
+from kvsweep.workers.quality import CorpusTooShort, chunk_count, run_quality_group
+from kvsweep.workers.runner import Finished, Progress, UnitRunner
+from kvsweep.workers.speed import DepthStateCache, run_speed_cell
+
+N_CTX = 128
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    m = Model(str(tiny_model))
+    yield m
+    m.close()
+
+
+def quality_cells(tiny_model, configs, baseline="f32", n_ctx=N_CTX, max_chunks=3):
+    sha = file_sha256(tiny_model)
+    return [Cell(kind="quality", model_name="tiny", model_path=str(tiny_model), model_sha256=sha,
+                 type_k=k, type_v=v, n_ctx=n_ctx, max_chunks=max_chunks, corpus_path=str(DEMO_CORPUS),
+                 corpus_sha256="c" * 64, baseline=baseline, n_batch=64, n_ubatch=64)
+            for k, v in configs]
+
+
+def drain(gen):
+    progress = []
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            return progress, stop.value
+
+
+def test_chunking_follows_llama_perplexity():
+    assert chunk_count(1000, 128, 0) == 7
+    assert chunk_count(1000, 128, 3) == 3
+    with pytest.raises(CorpusTooShort, match="2 x n_ctx"):
+        chunk_count(255, 128, 0)
+
+
+def test_perplexity_matches_an_independent_computation(model, tiny_model):
+    """PPL from the quality pass equals the textbook computation on llama-cpp-python's
+    high-level API (its own batching and logits buffer), chunk by chunk."""
+    import llama_cpp
+
+    tokens = model.tokenize(DEMO_CORPUS.read_text())
+    cells = quality_cells(tiny_model, [("f32", "f32")], max_chunks=2)
+    _, (outcome,) = drain(run_quality_group(model, cells, tokens, 2, Reducer(model.info.n_vocab)))
+    assert outcome.status == records.OK
+
+    llm = llama_cpp.Llama(str(tiny_model), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True,
+                          type_k=0, type_v=0, flash_attn=True, verbose=False, n_threads=2)
+    nlls = []
+    first = N_CTX // 2
+    for chunk in range(2):
+        seq = tokens[chunk * N_CTX:(chunk + 1) * N_CTX].tolist()
+        seq[0] = model.info.bos  # llama-perplexity replaces the first token with BOS
+        llm.reset()
+        llm.eval(seq)
+        logits = np.array(llm.scores[:N_CTX], dtype=np.float64)
+        for pos in range(first, N_CTX - 1):
+            row = logits[pos]
+            lse = row.max() + np.log(np.exp(row - row.max()).sum())
+            nlls.append(lse - row[seq[pos + 1]])
+    expected = np.exp(np.mean(nlls))
+    assert len(nlls) == outcome.metrics["n_tokens"] == 2 * (N_CTX - 1 - first)
+    assert outcome.metrics["ppl"] == pytest.approx(expected, rel=1e-5)
+    assert outcome.tokens["nll"] == pytest.approx(np.array(nlls), rel=1e-4, abs=1e-4)
+
+
+def test_group_scores_each_cache_against_the_baseline(model, tiny_model):
+    tokens = model.tokenize(DEMO_CORPUS.read_text())
+    configs = [("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]
+    cells = quality_cells(tiny_model, configs)
+    progress, outcomes = drain(run_quality_group(model, cells, tokens, 2, Reducer(model.info.n_vocab)))
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    by = {o.cell_id: o for o in outcomes}
+    base, q8, q4 = (by[c.cell_id] for c in cells)
+    assert all(o.status == records.OK for o in outcomes)
+    # the baseline configuration is scored from the baseline itself: exactly zero divergence
+    assert base.metrics["kld_mean"] == 0 and base.metrics["same_top_p"] == 1
+    assert 0 < q8.metrics["kld_mean"] < q4.metrics["kld_mean"]
+    assert q4.metrics["same_top_p"] < q8.metrics["same_top_p"] <= 1
+    # every cell saw the same tokens and the same baseline
+    np.testing.assert_array_equal(q8.tokens["token"], base.tokens["token"])
+    np.testing.assert_array_equal(q4.tokens["nll_base"], base.tokens["nll"])
+    assert q8.metrics["ppl_base"] == pytest.approx(base.metrics["ppl"])
+    # llama.cpp rotates quantized K/V for head size 64: recorded, not assumed
+    assert q4.facts["attn_rot_k"] is True and base.facts["attn_rot_k"] is False
+    assert q4.facts["kv_bytes"] < q8.facts["kv_bytes"] < base.facts["kv_bytes"]
+
+
+def test_speed_cell_follows_llama_bench(model, tiny_model):
+    sha = file_sha256(tiny_model)
+    cache = DepthStateCache()
+    common = dict(model_name="tiny", model_path=str(tiny_model), model_sha256=sha, type_k="q8_0",
+                  type_v="q8_0", n_depth=256, repetitions=3, n_batch=64, n_ubatch=64, host_class="x")
+    pp = run_speed_cell(model, Cell(kind="pp", n_prompt=32, **common), 2, cache)
+    assert cache.key is not None and cache.key[-1] == 256  # the depth fill was saved...
+    state = cache.state
+    tg = run_speed_cell(model, Cell(kind="tg", n_gen=8, **common), 2, cache)
+    assert cache.state is state  # ...and the tg test at the same depth reused it
+    for outcome, n in ((pp, 32), (tg, 8)):
+        m = outcome.metrics
+        assert outcome.status == records.OK
+        assert len(m["samples_ns"]) == 3 and all(t > 0 for t in m["samples_ns"])
+        assert m["samples_ts"] == pytest.approx([1e9 * n / t for t in m["samples_ns"]])
+        assert m["avg_ts"] == pytest.approx(np.mean(m["samples_ts"]))
+        assert m["stddev_ts"] == pytest.approx(np.std(m["samples_ts"], ddof=1))
+        assert m["avg_ns"] == int(np.mean(m["samples_ns"]))
+
+
+def test_runner_reports_a_model_file_that_differs(tiny_model):
+    cells = quality_cells(tiny_model, [("f16", "f16")])
+    wrong = [Cell.from_row({**c.to_row(), "model_sha256": "0" * 64, "cell_id": ""}) for c in cells]
+    events = list(UnitRunner(n_threads=2).run(WorkUnit("u", wrong, "0" * 64), {}))
+    (finished,) = [e for e in events if isinstance(e, Finished)]
+    assert finished.outcome.status == records.ERROR
+    assert finished.outcome.error_class == "ModelMismatch" and "sha256" in finished.outcome.error_message
+
+
+def test_runner_streams_progress_then_results(tiny_model):
+    cells = quality_cells(tiny_model, [("f32", "f32"), ("q8_0", "q8_0")], max_chunks=2)
+    events = list(UnitRunner(n_threads=2).run(WorkUnit("u", cells, cells[0].model_sha256), {}))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Progress", "Progress", "Finished", "Finished"]
+    assert all(isinstance(e, Progress) for e in events[:2])
+    assert events[2].outcome.facts["model_type"].startswith("llama")

@@ -1,0 +1,55 @@
+"""The Ray actor that owns one device: it keeps a model loaded and runs work units on it.
+
+The actor is a thin shell around UnitRunner (or FakeRunner in scheduler tests): Ray gives it a
+process of its own, so a llama.cpp abort or segfault kills only this actor; Ray restarts it
+(the orchestrator creates it with max_restarts=-1) and the orchestrator records the crash.
+`run_unit` is a generator: Ray streams each event to the driver as soon as it is yielded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from kvsweep.cells import WorkUnit
+from kvsweep.workers import faults
+from kvsweep.workers.probe import probe_host, refresh_memory
+from kvsweep.workers.runner import RetryPolicy, UnitRunner
+
+
+class DeviceWorker:
+    def __init__(self, worker_id: str, device_index: int = 0, runner: str = "llama",
+                 fake_cell_seconds: float = 0.0, n_threads: int = 0,
+                 retry: RetryPolicy | None = None, fault_plan: list[dict] | None = None):
+        self.worker_id = worker_id
+        self.device_index = device_index
+        faults.set_plan(fault_plan)
+        if runner == "fake":
+            from kvsweep.workers.fake_runner import FakeRunner
+
+            self.runner = FakeRunner(fake_cell_seconds)
+        else:
+            self.runner = UnitRunner(n_threads=n_threads, retry=retry)
+        self.runner_kind = runner
+
+    def describe(self) -> dict:
+        """The host probe plus where this actor lives; memory figures are current."""
+        import ray
+
+        probe = refresh_memory(probe_host()) if self.runner_kind != "fake" else probe_host()
+        return {
+            "worker_id": self.worker_id,
+            "device_index": self.device_index,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "probe": probe.to_dict(),
+            "model_loads": getattr(getattr(self.runner, "models", None), "loads", 0),
+        }
+
+    def run_unit(self, unit: WorkUnit, corpora_refs: dict):
+        import ray
+
+        needed = {c.corpus_sha256 for c in unit.cells if c.corpus_sha256}
+        corpora = {sha: ray.get(ref) for sha, ref in corpora_refs.items() if sha in needed}
+        yield from self.runner.run(unit, corpora)

@@ -1,0 +1,134 @@
+"""Fault injection: a testing aid that makes chosen cells fail in a chosen way, for real.
+
+Tests use it against a real Ray cluster to prove every failure path (docs/failures.md). Never
+set it for a real sweep. A fault plan is a JSON list, from the environment variable
+KVSWEEP_FAULTS or the matrix's `[testing] faults`:
+
+    [{"match": {"type_k": "q4_0", "kind": "tg", "n_depth": 1024}, "fault": "oom", "times": 1}]
+
+`match` compares cell fields for equality (any subset; {} matches every cell). Faults:
+    oom     raise the same OutOfMemory a failed KV-cache allocation raises
+    abort   abort() the worker process, as GGML_ABORT / GGML_ASSERT do
+    segv    read address 0: the worker process dies of SIGSEGV
+    exit    the worker process exits at once (like being killed)
+    hang    sleep far past any time limit, without progress
+    nan     the cell's logits turn into NaN (quality cells), as a broken kernel would give
+    error   raise an ordinary exception
+`times` (default: always) limits how often a fault fires per cell; the count survives the
+worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from kvsweep.cells import Cell
+
+FAULTS = ("oom", "abort", "segv", "exit", "hang", "nan", "error")
+ENV = "KVSWEEP_FAULTS"
+STATE_ENV = "KVSWEEP_FAULTS_STATE"
+
+_plan_from_unit: list[dict] = []
+
+
+class InjectedError(RuntimeError):
+    pass
+
+
+def set_plan(plan: list[dict] | None) -> None:
+    """Faults that came with the work unit (from the matrix); the environment's add to them."""
+    global _plan_from_unit
+    _plan_from_unit = list(plan or [])
+
+
+def _plan() -> list[dict]:
+    plan = list(_plan_from_unit)
+    raw = os.environ.get(ENV)
+    if raw:
+        plan += json.loads(raw)
+    return plan
+
+
+def validate(plan: list[dict]) -> list[str]:
+    """Problems with a fault plan, as messages (empty when it is valid)."""
+    problems = []
+    fields = set(asdict(_example_cell()))
+    for i, entry in enumerate(plan):
+        if entry.get("fault") not in FAULTS:
+            problems.append(f"faults[{i}].fault must be one of {', '.join(FAULTS)}")
+        for key in entry.get("match", {}):
+            if key not in fields:
+                problems.append(f"faults[{i}].match.{key} is not a cell field")
+    return problems
+
+
+def _example_cell() -> Cell:
+    return Cell(kind="pp", model_name="", model_path="", model_sha256="", type_k="f16", type_v="f16")
+
+
+def _fires(cell: Cell, fault: str) -> bool:
+    for i, entry in enumerate(_plan()):
+        if entry.get("fault") != fault:
+            continue
+        if any(getattr(cell, k, None) != v for k, v in entry.get("match", {}).items()):
+            continue
+        times = entry.get("times")
+        if times is None:
+            return True
+        state = Path(os.environ.get(STATE_ENV) or tempfile.gettempdir()) / "kvsweep-faults"
+        state.mkdir(parents=True, exist_ok=True)
+        counter = state / f"{cell.cell_id}-{i}-{fault}"
+        fired = int(counter.read_text()) if counter.exists() else 0
+        if fired < times:
+            counter.write_text(str(fired + 1))
+            return True
+    return False
+
+
+def maybe_inject(cell: Cell, stage: str = "start") -> None:
+    """Called by the runner before a cell runs."""
+    from kvsweep.workers.llama_api import OutOfMemory
+
+    _nan_decided.pop((cell.cell_id, "nan"), None)  # a new attempt decides afresh
+    if _fires(cell, "oom"):
+        raise OutOfMemory(
+            "injected fault: oom", "llama_kv_cache: failed to allocate buffer for kv cache (injected)"
+        )
+    if _fires(cell, "error"):
+        raise InjectedError("injected fault: error")
+    if _fires(cell, "hang"):
+        time.sleep(10**6)
+    if _fires(cell, "abort"):
+        os.abort()
+    if _fires(cell, "segv"):
+        ctypes.string_at(0)
+    if _fires(cell, "exit"):
+        os._exit(137)
+
+
+def poison_scores(cell: Cell, scores) -> None:
+    """Replace a quality cell's figures with NaN, upstream of the real NaN check."""
+    import numpy as np
+
+    if _fires_quietly(cell, "nan"):
+        scores.nll = np.full_like(scores.nll, np.nan)
+        scores.kld = np.full_like(scores.kld, np.nan)
+
+
+def _fires_quietly(cell: Cell, fault: str) -> bool:
+    # "nan" is checked on every scored piece: consume a `times` count once per cell only
+    key = (cell.cell_id, fault)
+    if key in _nan_decided:
+        return _nan_decided[key]
+    _nan_decided[key] = _fires(cell, fault)
+    return _nan_decided[key]
+
+
+_nan_decided: dict[tuple[str, str], bool] = {}
+

@@ -1,0 +1,156 @@
+"""Per-token quality figures from two sets of logits, with llama-perplexity's definitions.
+
+For each scored position (the logits that predict `next_token`):
+    nll      = logsumexp(q) - q[next]                       (llama-perplexity's per-token NLL)
+    KLD      = sum_i p_base_i * (log p_base_i - log q_i)
+    dp       = p_q(next) - p_base(next)
+    same_top = argmax q == argmax base
+
+Precision: exponentials are float32 (as llama.cpp's expf), every sum is float64. KLD uses an
+exact identity that keeps *relative* precision even for tiny divergences (an f16 cache against
+f32 can give 1e-6): with d = q - b and c = E_pbase[d],
+    KLD = log E_pbase[exp(d - c)] = log1p(E_pbase[g(d - c)]),   g(x) = expm1(x) - x
+(E_pbase[d - c] = 0, so the first-order terms that would cancel are never summed; g is taken
+from its series where |x| < 0.1, so no digits cancel there either). Unlike
+llama-perplexity, whose baseline is stored as 16-bit log-probs and skips entries with
+log p_base <= -16, every vocabulary entry counts.
+
+Memory: rows are reduced in blocks whose float32 temporaries stay under `budget_bytes` per
+thread, so a 248K-token vocabulary needs tens of MB beyond the logits llama.cpp already holds.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+_TEMPORARIES = 6  # float32 (rows, vocab) arrays alive at once in `_compare_block`
+
+
+@dataclass
+class BaseRows:
+    """Baseline facts per output row, computed once and reused for every compared cache."""
+
+    max: np.ndarray  # float32 row max
+    sumexp: np.ndarray  # float64 sum(exp(b - max))
+    lse: np.ndarray  # float64 logsumexp
+    argmax: np.ndarray  # int64
+    nll: np.ndarray  # float64
+
+
+@dataclass
+class TokenScores:
+    nll: np.ndarray  # float64
+    kld: np.ndarray  # float64
+    dp: np.ndarray  # float64
+    same_top: np.ndarray  # bool
+
+
+class Reducer:
+    """Reduces logits rows in memory-bounded blocks, in parallel over a small thread pool.
+
+    numpy's ufuncs release the GIL on large arrays, so threads scale across cores.
+    """
+
+    def __init__(self, n_vocab: int, threads: int = 0, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.n_vocab = n_vocab
+        self.threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self.block_rows = max(1, budget_bytes // (_TEMPORARIES * 4 * n_vocab))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown()
+
+    def _blocks(self, n_rows: int) -> list[slice]:
+        step = self.block_rows
+        if self._pool and n_rows > 1:  # give every thread work even when rows are few
+            step = max(1, min(step, -(-n_rows // self.threads)))
+        return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
+
+    def _map(self, fn, blocks):
+        if self._pool and len(blocks) > 1:
+            return list(self._pool.map(fn, blocks))
+        return [fn(b) for b in blocks]
+
+    def base_rows(self, base: np.ndarray, next_tokens: np.ndarray) -> BaseRows:
+        n = base.shape[0]
+        out = BaseRows(
+            max=np.empty(n, np.float32),
+            sumexp=np.empty(n, np.float64),
+            lse=np.empty(n, np.float64),
+            argmax=np.empty(n, np.int64),
+            nll=np.empty(n, np.float64),
+        )
+
+        def work(s: slice) -> None:
+            b = base[s]
+            m = b.max(axis=1)
+            e = np.exp(b - m[:, None])
+            out.max[s] = m
+            out.sumexp[s] = e.sum(axis=1, dtype=np.float64)
+            out.lse[s] = m + np.log(out.sumexp[s])
+            out.argmax[s] = b.argmax(axis=1)
+            out.nll[s] = out.lse[s] - b[np.arange(b.shape[0]), next_tokens[s]]
+
+        self._map(work, self._blocks(n))
+        return out
+
+    def nll_only(self, logits: np.ndarray, next_tokens: np.ndarray) -> np.ndarray:
+        return self.base_rows(logits, next_tokens).nll
+
+    def compare(
+        self, base: np.ndarray, rows: BaseRows, q: np.ndarray, next_tokens: np.ndarray
+    ) -> TokenScores:
+        n = q.shape[0]
+        out = TokenScores(
+            nll=np.empty(n, np.float64),
+            kld=np.empty(n, np.float64),
+            dp=np.empty(n, np.float64),
+            same_top=np.empty(n, bool),
+        )
+
+        def work(s: slice) -> None:
+            b, qq, idx = base[s], q[s], np.arange(s.stop - s.start)
+            nxt = next_tokens[s]
+            # quantized run: logsumexp, nll, top token
+            m_q = qq.max(axis=1)
+            e = np.exp(qq - m_q[:, None])
+            lse_q = m_q + np.log(e.sum(axis=1, dtype=np.float64))
+            out.nll[s] = lse_q - qq[idx, nxt]
+            out.same_top[s] = qq.argmax(axis=1) == rows.argmax[s]
+            # baseline probabilities, reusing the buffer
+            np.subtract(b, rows.max[s][:, None], out=e)
+            np.exp(e, out=e)
+            e /= rows.sumexp[s][:, None].astype(np.float32)
+            p_base = e
+            d = qq - b  # exact: Sterbenz, q and b are close where it matters
+            p_sum = p_base.sum(axis=1, dtype=np.float64)
+            c = np.einsum("ij,ij->i", p_base, d, dtype=np.float64) / p_sum
+            d -= c[:, None].astype(np.float32)
+            inner = np.einsum("ij,ij->i", p_base, _expm1_minus_x(d), dtype=np.float64)
+            out.kld[s] = np.log1p(inner / p_sum)
+            out.dp[s] = np.exp(-out.nll[s]) - np.exp(-rows.nll[s])
+
+        self._map(work, self._blocks(n))
+        return out
+
+
+_SERIES_LIMIT = np.float32(0.1)
+
+
+def _expm1_minus_x(x: np.ndarray) -> np.ndarray:
+    """expm1(x) - x in float32 without cancellation: Taylor series (to x^7) for |x| < 0.1,
+    where its truncation error is below 1e-10 relative; directly elsewhere."""
+    direct = np.expm1(x)
+    direct -= x
+    series = x * np.float32(1 / 5040)
+    for coeff in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2):
+        series += np.float32(coeff)
+        series *= x
+    series *= x
+    return np.where(np.abs(x) < _SERIES_LIMIT, series, direct)

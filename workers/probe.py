@@ -1,0 +1,226 @@
+"""What a host has: backends and devices of this llama-cpp-python build, memory, versions.
+
+Read through ggml's device registry (the same one llama.cpp uses to place layers), so what is
+reported is what llama.cpp will use, not what the OS happens to show.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import socket
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import metadata
+
+import kvsweep
+
+# ggml_backend_dev_type
+_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+@dataclass
+class Device:
+    index: int
+    name: str  # ggml device name, e.g. CPU, CUDA0, Metal, Vulkan0
+    description: str  # e.g. "NVIDIA H100 80GB HBM3"
+    kind: str  # cpu | gpu | igpu | accel
+    backend: str  # ggml backend registry name: CPU, CUDA, Metal, Vulkan
+    memory_total: int
+    memory_free: int
+
+
+@dataclass
+class HostProbe:
+    host: str
+    platform: str
+    cpu_info: str
+    physical_cores: int
+    ram_total: int
+    ram_free: int
+    backends: str  # llama-bench's field: non-CPU backends joined by ",", or "CPU"
+    primary_backend: str  # the backend kvsweep offloads to (first GPU's, else CPU)
+    unified_memory: bool  # Apple Silicon: GPU shares system RAM
+    devices: list[Device] = field(default_factory=list)
+    kvsweep_version: str = kvsweep.__version__
+    llama_cpp_python_version: str = ""
+    build_commit: str = ""  # ggml_commit(): the vendored llama.cpp commit
+    ggml_version: str = ""
+    llama_version: str = ""
+    system_info: str = ""
+
+    @property
+    def gpu_devices(self) -> list[Device]:
+        return [d for d in self.devices if d.kind != "cpu"]
+
+    @property
+    def gpu_info(self) -> str:
+        """llama-bench's gpu_info: GPU descriptions joined by ', '."""
+        return ", ".join(d.description for d in self.gpu_devices)
+
+    def default_host_class(self) -> str:
+        dev = self.gpu_devices[0].description if self.gpu_devices else self.cpu_info
+        return f"{self.primary_backend.lower()}-{slug(dev)}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HostProbe:
+        data = dict(data)
+        data["devices"] = [Device(**d) for d in data.get("devices", [])]
+        return cls(**data)
+
+
+def slug(text: str) -> str:
+    text = re.sub(r"\((r|tm|c)\)", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def _lib(name: str) -> ctypes.CDLL:
+    import llama_cpp
+
+    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", name))
+
+
+def _ggml_devices() -> list[Device]:
+    ggml, base = _lib("libggml.so" if platform.system() != "Darwin" else "libggml.dylib"), None
+    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    ggml.ggml_backend_load_all.restype = None
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(base, fn).restype = ctypes.c_char_p
+        getattr(base, fn).argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_name.restype = ctypes.c_char_p
+    base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()  # loads the backends llama.cpp itself will use
+    devices = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        reg = base.ggml_backend_dev_backend_reg(dev)
+        devices.append(
+            Device(
+                index=i,
+                name=base.ggml_backend_dev_name(dev).decode(),
+                description=base.ggml_backend_dev_description(dev).decode(),
+                kind=_DEVICE_TYPES.get(base.ggml_backend_dev_type(dev), "unknown"),
+                backend=base.ggml_backend_reg_name(reg).decode() if reg else "",
+                memory_total=int(total.value),
+                memory_free=int(free.value),
+            )
+        )
+    return devices
+
+
+def _build_strings() -> tuple[str, str, str, str]:
+    import llama_cpp
+
+    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    base.ggml_commit.restype = ctypes.c_char_p
+    base.ggml_version.restype = ctypes.c_char_p
+    return (
+        base.ggml_commit().decode(),
+        base.ggml_version().decode(),
+        llama_cpp.llama_version().decode() if hasattr(llama_cpp, "llama_version") else "",
+        llama_cpp.llama_print_system_info().decode().strip(),
+    )
+
+
+def _cpu_info() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _physical_cores() -> int:
+    try:
+        with open("/proc/cpuinfo") as f:
+            pairs = set()
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    pairs.add((phys, core))
+            if pairs:
+                return len(pairs)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def _ram() -> tuple[int, int]:
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                info[key] = int(value.split()[0]) * 1024
+        return info.get("MemTotal", 0), info.get("MemAvailable", info.get("MemFree", 0))
+    except OSError:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, total
+
+
+@lru_cache(maxsize=1)
+def probe_host() -> HostProbe:
+    devices = _ggml_devices()
+    gpus = [d for d in devices if d.kind != "cpu"]
+    backends = sorted({d.backend for d in gpus}) or ["CPU"]
+    commit, ggml_version, llama_version, system_info = _build_strings()
+    ram_total, ram_free = _ram()
+    try:
+        llama_cpp_python_version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        llama_cpp_python_version = ""
+    return HostProbe(
+        host=socket.gethostname(),
+        platform=f"{platform.system()} {platform.release()} {platform.machine()}",
+        cpu_info=_cpu_info(),
+        physical_cores=_physical_cores(),
+        ram_total=ram_total,
+        ram_free=ram_free,
+        backends=",".join(backends),
+        primary_backend=gpus[0].backend if gpus else "CPU",
+        unified_memory=any(d.backend == "Metal" for d in gpus),
+        devices=devices,
+        llama_cpp_python_version=llama_cpp_python_version,
+        build_commit=commit,
+        ggml_version=ggml_version,
+        llama_version=llama_version,
+        system_info=system_info,
+    )
+
+
+def refresh_memory(probe: HostProbe) -> HostProbe:
+    """The same probe with current free memory (devices' and RAM)."""
+    fresh = {d.index: d for d in _ggml_devices()}
+    for dev in probe.devices:
+        if dev.index in fresh:
+            dev.memory_free = fresh[dev.index].memory_free
+    probe.ram_total, probe.ram_free = _ram()
+    return probe

@@ -1,0 +1,233 @@
+"""The quality pass: perplexity and KL divergence, llama-perplexity's way, without logit files.
+
+llama-perplexity needs two runs for KL: one writes the baseline's log-probs to disk (about
+n_chunk * n_ctx/2 * n_vocab * 2 bytes: gigabytes for a 248K vocabulary), the next reads them.
+Here the baseline context and every compared context live side by side on one worker and
+decode the same chunk piece by piece; each piece is reduced to per-token figures at once, so
+extra memory is bounded by one piece and does not grow with the corpus.
+
+Definitions (tools/perplexity/perplexity.cpp): the corpus is tokenized whole and cut into
+n_chunk = n_tokens // n_ctx non-overlapping chunks; each chunk's first token is replaced by
+BOS when the vocabulary adds one; the KV cache is cleared between chunks; only the second half
+is scored: logits at positions first = n_ctx // 2 .. n_ctx - 2 predict the next token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvsweep import records
+from kvsweep.cells import Cell
+from kvsweep.workers import faults, llama_api
+from kvsweep.workers.kl_math import Reducer
+
+# A quantized run whose PPL is this many times the baseline's is flagged: garbage output
+# (e.g. a Metal command buffer that failed silently) rather than a quantization effect.
+IMPLAUSIBLE_PPL_RATIO = 10.0
+
+
+class CorpusTooShort(ValueError):
+    pass
+
+
+def chunk_count(n_tokens: int, n_ctx: int, max_chunks: int) -> int:
+    """llama-perplexity's n_chunk: whole chunks the corpus holds, optionally capped."""
+    if n_tokens < 2 * n_ctx:
+        raise CorpusTooShort(
+            f"the corpus tokenizes to {n_tokens} tokens; perplexity at n_ctx {n_ctx} needs at "
+            f"least {2 * n_ctx} (2 x n_ctx): use a longer corpus or a smaller n_ctx"
+        )
+    n = n_tokens // n_ctx
+    return min(n, max_chunks) if max_chunks > 0 else n
+
+
+@dataclass
+class _Compared:
+    """One compared cache configuration of the group and what it has produced so far."""
+
+    cell: Cell
+    ctx: llama_api.Context | None  # None when it is the baseline configuration itself
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    failure: records.CellOutcome | None = None
+    nonfinite: bool = False
+
+
+def run_quality_group(
+    model: llama_api.Model,
+    cells: list[Cell],
+    tokens: np.ndarray,
+    n_threads: int,
+    reducer: Reducer,
+) -> Generator[tuple[int, int], None, list[records.CellOutcome]]:
+    """Run every quality cell of `cells` (one model, corpus, n_ctx and baseline) together.
+
+    A generator: yields (chunks done, chunks total) after each chunk, so the caller can show
+    progress and prove liveness, and returns one outcome per cell.
+    """
+    head = cells[0]
+    n_ctx, first = head.n_ctx, head.n_ctx // 2
+    started = time.time()
+    n_chunk = chunk_count(len(tokens), n_ctx, head.max_chunks)
+    piece = min(head.n_batch, n_ctx)
+    add_bos, bos = model.info.add_bos, model.info.bos
+
+    def settings(type_k: str, type_v: str) -> llama_api.ContextSettings:
+        return llama_api.ContextSettings(
+            type_k=type_k,
+            type_v=type_v,
+            n_ctx=n_ctx,
+            n_batch=piece,
+            n_ubatch=min(head.n_ubatch, piece),
+            flash_attn=head.flash_attn,
+            n_threads=n_threads,
+        )
+
+    base = llama_api.Context(model, settings(head.baseline, head.baseline))
+    compared: list[_Compared] = []
+    try:
+        for cell in cells:
+            try:
+                faults.maybe_inject(cell)
+                if cell.type_k == cell.type_v == cell.baseline:
+                    compared.append(_Compared(cell, None))  # scored from the baseline itself
+                    continue
+                compared.append(_Compared(cell, llama_api.Context(model, settings(*cell.config))))
+            except (llama_api.LlamaError, faults.InjectedError) as exc:
+                item = _Compared(cell, None)
+                item.failure = _failed(cell, started, exc)
+                compared.append(item)
+        live = [c for c in compared if c.failure is None]
+
+        for chunk in range(n_chunk):
+            start = chunk * n_ctx
+            base.clear()
+            for c in live:
+                if c.ctx is not None and c.failure is None:
+                    c.ctx.clear()
+            for pos0 in range(0, n_ctx, piece):
+                n = min(piece, n_ctx - pos0)
+                batch = tokens[start + pos0 : start + pos0 + n].copy()
+                if pos0 == 0 and add_bos:
+                    batch[0] = bos  # llama-perplexity replaces, does not prepend
+                n_out = base.decode(batch, pos0, output_from=first)
+                # scored rows: positions max(first, pos0) .. n_ctx - 2
+                p_lo = max(first, pos0)
+                p_hi = min(pos0 + n, n_ctx - 1)
+                n_score = max(0, p_hi - p_lo)
+                next_tokens = tokens[start + p_lo + 1 : start + p_hi + 1]
+                base_logits = base.logits(n_out)[:n_score] if n_score else None
+                base_rows = reducer.base_rows(base_logits, next_tokens) if n_score else None
+                for c in live:
+                    if c.failure is not None:
+                        continue
+                    try:
+                        if c.ctx is not None:
+                            c.ctx.decode(batch, pos0, output_from=first)
+                        if not n_score:
+                            continue
+                        if c.ctx is None:  # the baseline configuration itself
+                            nll = base_rows.nll
+                            scores = _identity_scores(nll)
+                            logits = base_logits
+                        else:
+                            logits = c.ctx.logits(n_out)[:n_score]
+                            scores = reducer.compare(base_logits, base_rows, logits, next_tokens)
+                        faults.poison_scores(c.cell, scores)
+                        if not (np.isfinite(scores.nll).all() and np.isfinite(scores.kld).all()):
+                            c.nonfinite = True
+                        _append(c.parts, chunk, p_lo, next_tokens, scores, base_rows.nll)
+                    except llama_api.LlamaError as exc:
+                        c.failure = _failed(c.cell, started, exc)
+                if n_score and not np.isfinite(base_rows.nll).all():
+                    raise FloatingPointError("the baseline produced NaN or infinite logits")
+            yield (chunk + 1, n_chunk)
+
+        finished = time.time()
+        return [
+            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base)
+            for c in compared
+        ]
+    finally:
+        for c in compared:
+            if c.ctx is not None:
+                c.ctx.close()
+        base.close()
+
+
+def _identity_scores(nll: np.ndarray):
+    from kvsweep.workers.kl_math import TokenScores
+
+    n = len(nll)
+    return TokenScores(nll=nll, kld=np.zeros(n), dp=np.zeros(n), same_top=np.ones(n, bool))
+
+
+def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
+    n = len(next_tokens)
+    for name, values in (
+        ("chunk", np.full(n, chunk, np.int32)),
+        ("pos", np.arange(p_lo + 1, p_lo + 1 + n, dtype=np.int32)),
+        ("token", next_tokens.astype(np.int32)),
+        ("nll", scores.nll),
+        ("nll_base", nll_base),
+        ("kld", scores.kld),
+        ("dp", scores.dp),
+        ("same_top", scores.same_top),
+    ):
+        parts.setdefault(name, []).append(np.asarray(values).copy())
+
+
+def _failed(cell: Cell, started: float, exc: Exception) -> records.CellOutcome:
+    status = records.OOM if isinstance(exc, llama_api.OutOfMemory) else records.ERROR
+    return records.CellOutcome(
+        cell_id=cell.cell_id,
+        status=status,
+        started_at=started,
+        finished_at=time.time(),
+        error_class=type(exc).__name__,
+        error_message=str(exc),
+        log_tail=getattr(exc, "log_tail", ""),
+    )
+
+
+def _summarize(c: _Compared, n_chunk, started, finished, base) -> records.CellOutcome:
+    cols = {k: np.concatenate(v) for k, v in c.parts.items()}
+    nll, nll_base = cols["nll"], cols["nll_base"]
+    ppl, ppl_base = float(np.exp(nll.mean())), float(np.exp(nll_base.mean()))
+    flags, status = [], records.OK
+    if c.nonfinite:
+        flags.append("nonfinite")
+        status = records.INVALID
+    elif ppl > IMPLAUSIBLE_PPL_RATIO * ppl_base:
+        flags.append("implausible-ppl")
+    ctx = c.ctx or base
+    return records.CellOutcome(
+        cell_id=c.cell.cell_id,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        error_class="NonFiniteLogits" if c.nonfinite else "",
+        error_message="NaN or infinite values in the logits" if c.nonfinite else "",
+        flags=flags,
+        metrics={
+            "n_chunks": n_chunk,
+            "n_tokens": len(nll),
+            "ppl": ppl,
+            "ppl_base": ppl_base,
+            "kld_mean": float(cols["kld"].mean()),
+            "same_top_p": float(cols["same_top"].mean()),
+        },
+        facts={
+            "kv_bytes": ctx.facts.kv_bytes,
+            "flash_attn_enabled": ctx.facts.flash_attn_enabled,
+            "attn_rot_k": ctx.facts.attn_rot_k,
+            "attn_rot_v": ctx.facts.attn_rot_v,
+            "n_threads": ctx.settings.n_threads,
+            "n_batch": ctx.settings.n_batch,
+            "n_ubatch": ctx.settings.n_ubatch,
+        },
+        tokens=cols,
+    )

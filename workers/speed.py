@@ -1,0 +1,150 @@
+"""The speed pass: llama-bench's method (tools/llama-bench/llama-bench.cpp), test by test.
+
+A test gets a new context of n_ctx = n_prompt + n_gen + n_depth (the model is reused). One
+warm-up run is not counted: the prompt (pp tests) or one generated token (tg tests). Each
+repetition clears the cache; at depth > 0 it fills `n_depth` random tokens untimed (after
+the first fill the sequence state is saved and later restored instead); then it times either
+the prompt (n_prompt random tokens, the first one BOS when the vocabulary adds it, decoded in
+n_batch pieces) or generation (n_gen single-token decodes of random tokens, no sampling),
+synchronizing before the clock stops. Per repetition t/s = (n_prompt + n_gen) / seconds;
+reported are the mean of those and their sample standard deviation, with every sample kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import time
+
+import numpy as np
+
+from kvsweep import records
+from kvsweep.cells import GENERATION, PROMPT, Cell
+from kvsweep.workers import llama_api
+
+
+class DepthStateCache:
+    """llama-bench's `cstate`: the sequence state after the last depth fill, for reuse.
+
+    Keyed by everything that makes the state valid (configuration and depth), so the pp and
+    tg tests of one (configuration, depth) fill the cache once.
+    """
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.state: bytes = b""
+
+    def get(self, key: tuple) -> bytes | None:
+        return self.state if key == self.key else None
+
+    def put(self, key: tuple, state: bytes) -> None:
+        self.key, self.state = key, state
+
+
+class RandomTokens:
+    """Random token ids as llama-bench draws them (std::rand() % n_vocab), seeded."""
+
+    def __init__(self, n_vocab: int, seed: int = 1234):
+        self.n_vocab = n_vocab
+        self.rng = np.random.default_rng(seed)
+
+    def take(self, n: int) -> np.ndarray:
+        return self.rng.integers(0, self.n_vocab, size=n, dtype=np.int32)
+
+
+def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: RandomTokens) -> None:
+    """llama-bench's test_prompt: decode n_prompt random tokens in n_batch pieces."""
+    info = ctx.model.info
+    done = 0
+    pos = ctx.pos_max() + 1
+    while done < n_prompt:
+        n = min(n_prompt - done, n_batch)
+        batch = rand.take(n)
+        if done == 0 and info.add_bos:
+            batch[0] = info.bos
+        ctx.decode(batch, pos)
+        pos += n
+        done += n
+    ctx.synchronize()
+
+
+def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
+    """llama-bench's test_gen: n_gen single-token decodes, synchronizing after each."""
+    info = ctx.model.info
+    token = info.bos if info.add_bos else int(rand.take(1)[0])
+    pos = ctx.pos_max() + 1
+    upcoming = rand.take(n_gen)
+    for i in range(n_gen):
+        ctx.decode_one(token, pos)
+        ctx.synchronize()
+        pos += 1
+        token = int(upcoming[i])
+
+
+def run_speed_cell(
+    model: llama_api.Model,
+    cell: Cell,
+    n_threads: int,
+    depth_cache: DepthStateCache,
+) -> records.CellOutcome:
+    started = time.time()
+    n_prompt = cell.n_prompt if cell.kind == PROMPT else 0
+    n_gen = cell.n_gen if cell.kind == GENERATION else 0
+    settings = llama_api.ContextSettings(
+        type_k=cell.type_k,
+        type_v=cell.type_v,
+        n_ctx=n_prompt + n_gen + cell.n_depth,
+        n_batch=cell.n_batch,
+        n_ubatch=cell.n_ubatch,
+        flash_attn=cell.flash_attn,
+        n_threads=n_threads,
+    )
+    rand = RandomTokens(model.info.n_vocab)
+    test_time = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with llama_api.Context(model, settings) as ctx:
+        # warm-up, not counted
+        if n_prompt:
+            test_prompt(ctx, n_prompt, cell.n_batch, rand)
+        if n_gen:
+            test_gen(ctx, 1, rand)
+        key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch,
+               cell.n_ubatch, cell.n_depth)
+        samples_ns: list[int] = []
+        for _ in range(cell.repetitions):
+            ctx.clear()
+            if cell.n_depth:
+                state = depth_cache.get(key)
+                if state is None or not ctx.restore_state(state):
+                    test_prompt(ctx, cell.n_depth, cell.n_batch, rand)
+                    depth_cache.put(key, ctx.save_state())
+            t0 = time.perf_counter_ns()
+            if n_prompt:
+                test_prompt(ctx, n_prompt, cell.n_batch, rand)
+            if n_gen:
+                test_gen(ctx, n_gen, rand)
+            samples_ns.append(time.perf_counter_ns() - t0)
+        facts = ctx.facts
+
+    samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
+    return records.CellOutcome(
+        cell_id=cell.cell_id,
+        status=records.OK,
+        started_at=started,
+        finished_at=time.time(),
+        metrics={
+            "test_time": test_time,
+            "avg_ns": int(statistics.fmean(samples_ns)),
+            "stddev_ns": int(statistics.stdev(samples_ns)) if len(samples_ns) > 1 else 0,
+            "avg_ts": statistics.fmean(samples_ts),
+            "stddev_ts": statistics.stdev(samples_ts) if len(samples_ts) > 1 else 0.0,
+            "samples_ns": samples_ns,
+            "samples_ts": samples_ts,
+        },
+        facts={
+            "kv_bytes": facts.kv_bytes,
+            "flash_attn_enabled": facts.flash_attn_enabled,
+            "attn_rot_k": facts.attn_rot_k,
+            "attn_rot_v": facts.attn_rot_v,
+            "n_threads": n_threads,
+        },
+    )
