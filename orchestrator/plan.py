@@ -45,8 +45,12 @@ def expand(
         q = matrix.quality
         if q is not None:
             configs = list(matrix.configs)
-            if (q.baseline, q.baseline) not in configs:
-                configs.insert(0, (q.baseline, q.baseline))
+            # the reference's own row; against f32 also f16 and bf16, which is where a 16-bit
+            # cache's own loss shows (the Qwen3.5 f16-vs-bf16 finding, shared/seeds/000)
+            own = [(q.baseline, q.baseline)]
+            if q.baseline == "f32":
+                own += [("f16", "f16"), ("bf16", "bf16")]
+            configs = [c for c in own if c not in configs] + configs
             for n_ctx in q.n_ctx:
                 for backend in quality_backends:
                     for k, v in configs:

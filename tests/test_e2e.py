@@ -24,8 +24,9 @@ def test_every_planned_cell_has_a_result(small_run):
     _, result = small_run
     con = connect(result.run_dir)
     plan = {r[0] for r in con.execute("SELECT cell_id FROM plan").fetchall()}
-    # 4 quality cells (f32 baseline + 3) + 3 configs x 2 depths x (pp, tg)
-    assert len(plan) == result.planned == 4 + 3 * 2 * 2
+    # quality: f32 (the baseline) and bf16 (always shown against f32) + 3 configs;
+    # speed: 3 configs x 2 depths x (pp, tg)
+    assert len(plan) == result.planned == 5 + 3 * 2 * 2
     rows = con.execute("SELECT cell_id, status FROM results").fetchall()
     assert {cid for cid, _ in rows} == plan
     assert len(rows) == len(plan), "one counted result per cell"
@@ -76,8 +77,9 @@ def test_changed_matrix_runs_only_new_cells(small_run):
     grown = matrix.parent / "grown.toml"
     grown.write_text(matrix.read_text().replace('["f16", "q8_0", "q4_0"]', '["f16", "q8_0", "q4_0", "bf16"]'))
     more = run_sweep(grown, RunOptions(run_dir=result.run_dir, progress=False, report=False))
-    assert more.planned == result.planned + 1 + 2 * 2  # bf16: one quality cell, 2 depths x pp/tg
-    assert more.to_run == 5
+    # bf16's quality cell was already planned (f32 baseline): only its 2 depths x pp/tg are new
+    assert more.planned == result.planned + 2 * 2
+    assert more.to_run == 4
     con = connect(result.run_dir)
     assert con.execute("SELECT count(*) FROM attempts").fetchone()[0] == more.planned
     assert con.execute("SELECT count(DISTINCT cell_id) FROM results").fetchone()[0] == more.planned
