@@ -130,6 +130,8 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("stddev_ts", pa.float64()),
         ("samples_ns", pa.list_(pa.int64())),
         ("samples_ts", pa.list_(pa.float64())),
+        # out of memory: the failed allocation's size, from llama.cpp's log
+        ("needed_bytes", pa.int64()),
     ]
 )
 

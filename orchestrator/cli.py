@@ -103,13 +103,17 @@ def _run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--workers", type=int, default=1, help="worker actors on this host (embedded Ray)")
     c.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     c.add_argument("--no-progress", action="store_true", help="log lines instead of a live display")
+    c.add_argument("--flush-every", type=float, default=1.0, metavar="SECONDS",
+                   help="how often finished attempts are compacted into Parquet (default 1; each "
+                        "attempt is in the run's write-ahead log the moment it arrives either way)")
 
 
 def _options(args, run_dir: Path | None):
     from kvsweep.orchestrator.sweep import RunOptions
 
     return RunOptions(run_dir=run_dir, address=args.address, redo=args.redo, n_workers=args.workers,
-                      report=not args.no_report, progress=False if args.no_progress else None)
+                      report=not args.no_report, progress=False if args.no_progress else None,
+                      flush_interval_s=args.flush_every)
 
 
 def _finish(result) -> int:

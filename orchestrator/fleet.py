@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 WORKER_RESOURCE = "kvsweep_worker"
 LABEL_HOST_CLASS = "kvsweep_host_class"
 LABEL_BACKEND = "kvsweep_backend"
+# bytes kvsweep may assume a device of this node has (default: what the probe reads): to leave
+# room for other programs, or to model hosts of different sizes in tests
+LABEL_MEMORY = "kvsweep_memory_bytes"
 
 
 def prepare_loopback_env() -> None:
@@ -111,6 +114,7 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
     pending = []
     for node in worker_nodes():
         labels = node.get("Labels", {}) or {}
+        memory_limit = int(labels.get(LABEL_MEMORY, 0) or 0)
         for index in range(int(node["Resources"][WORKER_RESOURCE])):
             worker_id = f"{node['NodeID'][:8]}-{index}"
             if known and worker_id in known:
@@ -121,7 +125,8 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
                 max_restarts=-1,
                 max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(worker_id, index, runner, fake_cell_seconds, n_threads, retry, fault_plan)
+            ).remote(worker_id, index, runner, fake_cell_seconds, n_threads, retry, fault_plan,
+                     memory_limit)
             pending.append((actor, labels))
     slots = []
     for (actor, labels), info in zip(pending, ray.get([a.describe.remote() for a, _ in pending])):
@@ -135,6 +140,11 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
     probe = HostProbe.from_dict(info["probe"])
     gpus = probe.gpu_devices
     device = gpus[info["device_index"]] if info["device_index"] < len(gpus) else None
+    memory_total = device.memory_total if device else probe.ram_total
+    memory_free = device.memory_free if device else probe.ram_free
+    limit = int(labels.get(LABEL_MEMORY, 0) or 0)
+    if limit:
+        memory_total, memory_free = limit, min(memory_free, limit)
     return WorkerSlot(
         worker_id=info["worker_id"],
         actor=actor,
@@ -143,8 +153,8 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
         host_class=labels.get(LABEL_HOST_CLASS) or probe.default_host_class(),
         backend=labels.get(LABEL_BACKEND) or probe.primary_backend,
         device_name=device.description if device else probe.cpu_info,
-        memory_total=device.memory_total if device else probe.ram_total,
-        memory_free=device.memory_free if device else probe.ram_free,
+        memory_total=memory_total,
+        memory_free=memory_free,
         provenance={
             "kvsweep_version": probe.kvsweep_version,
             "llama_cpp_python_version": probe.llama_cpp_python_version,

@@ -21,8 +21,7 @@ class ProgressView:
         self.total = total
         self.already_done = already_done
         self.started = time.monotonic()
-        self.done = Counter()  # status -> count, this session
-        self.per_host: dict[str, Counter] = defaultdict(Counter)
+        self.final: dict[str, tuple[str, str]] = {}  # cell id -> (host, latest final status)
         self.running: dict[str, str] = {}  # worker -> what it runs
         self.live_mode = sys.stderr.isatty() if live is None else live
         self._live = None
@@ -44,8 +43,7 @@ class ProgressView:
             if RETRYING_FLAG in outcome.flags:
                 logger.warning(f"{host}: {cell.test_name} {cell.type_k}/{cell.type_v}: out of memory, retrying")
                 return
-            self.done[outcome.status] += 1
-            self.per_host[host][outcome.status] += 1
+            self.final[cell.cell_id] = (host, outcome.status)
             if outcome.status not in (records.OK, records.SKIPPED):
                 logger.warning(
                     f"{host}: {cell.model_name} {cell.test_name} K={cell.type_k} V={cell.type_v}: "
@@ -55,8 +53,19 @@ class ProgressView:
 
     # -- rendering -------------------------------------------------------------------------
     @property
+    def done(self) -> Counter:
+        return Counter(status for _, status in self.final.values())
+
+    @property
+    def per_host(self) -> dict[str, Counter]:
+        out: dict[str, Counter] = defaultdict(Counter)
+        for host, status in self.final.values():
+            out[host][status] += 1
+        return out
+
+    @property
     def finished(self) -> int:
-        return sum(self.done.values())
+        return len(self.final)
 
     def eta_s(self) -> float | None:
         n = self.finished
@@ -67,10 +76,11 @@ class ProgressView:
 
     def line(self) -> str:
         n = self.already_done + self.finished
-        failed = sum(v for k, v in self.done.items() if k != records.OK)
+        done = self.done
+        failed = sum(v for k, v in done.items() if k != records.OK)
         eta = self.eta_s()
         eta_text = f", ETA {_fmt(eta)}" if eta is not None else ""
-        return (f"{n}/{self.total} cells ({self.done[records.OK]} ok, {failed} not ok this session), "
+        return (f"{n}/{self.total} cells ({done[records.OK]} ok, {failed} not ok this session), "
                 f"{len(self.running)} running, {_fmt(time.monotonic() - self.started)} elapsed{eta_text}")
 
     def _table(self):
@@ -79,8 +89,9 @@ class ProgressView:
         t = Table(title=self.line(), title_justify="left")
         for col in ("host", "ok", "failed", "skipped", "running"):
             t.add_column(col)
-        for host in sorted(self.per_host):
-            c = self.per_host[host]
+        per_host = self.per_host
+        for host in sorted(per_host):
+            c = per_host[host]
             failed = sum(v for k, v in c.items() if k not in (records.OK, records.SKIPPED))
             t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]), "")
         for worker, what in sorted(self.running.items()):

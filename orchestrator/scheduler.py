@@ -35,6 +35,7 @@ from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
 from kvsweep.orchestrator.plan import make_units, speed_series_key
 from kvsweep.orchestrator.sink import ResultSink
 from kvsweep.workers.runner import RETRYING_FLAG, Finished, Progress, Returned
+from kvsweep.workers.worker_log import reason_line
 
 
 @dataclass
@@ -61,9 +62,13 @@ class InFlight:
 
 @dataclass
 class Summary:
-    by_status: Counter = field(default_factory=Counter)
+    final: dict[str, str] = field(default_factory=dict)  # cell id -> status of its last final attempt
     stranded: list[Cell] = field(default_factory=list)  # no worker can ever run these
     interrupted: bool = False
+
+    @property
+    def by_status(self) -> Counter:
+        return Counter(self.final.values())
 
 
 class Scheduler:
@@ -118,7 +123,7 @@ class Scheduler:
             self.summary.interrupted = True
             logger.warning("interrupted: recording what has finished; `kvsweep resume` continues")
         finally:
-            self.sink.flush()
+            self.sink.close()
         return self.summary
 
     def _dispatch(self) -> None:
@@ -185,7 +190,8 @@ class Scheduler:
                 self._unit_done(flight)
             return
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as exc:
+                ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError,
+                ray.exceptions.OutOfMemoryError) as exc:
             self._unit_died(flight, exc)
             return
         flight.last_event = time.monotonic()
@@ -225,27 +231,37 @@ class Scheduler:
         for cid in event.cell_ids:
             if cid in flight.pending:
                 flight.pending.remove(cid)
-        replaced = {c.cell_id for c in flight.oom_replace}
-        if flight.oom_replace and any(c.cell_id in replaced for c in flight.unit.cells):
-            flight.oom_replace.extend(cells)  # the deeper depths follow their head
-        elif self.policy.skip_deeper_after_oom:
-            for cell in cells:
-                self._record_synthetic(cell, records.SKIPPED, "SkippedAfterOOM",
-                                       "a shallower depth of this configuration ran out of memory on this host class",
-                                       flight.slot)
-        else:
+        if flight.oom_replace:
+            flight.oom_replace.extend(cells)  # the rest of the series follows its head
+            return
+        failed_depth = min((self.cells[c].n_depth for c in flight.oom_final), default=None)
+        if not self.policy.skip_deeper_after_oom or failed_depth is None:
             self._requeue(cells)
+            return
+        deeper = [c for c in cells if c.n_depth > failed_depth]
+        self._requeue([c for c in cells if c.n_depth <= failed_depth])  # e.g. tg at that depth
+        for cell in deeper:
+            self._record_synthetic(
+                cell, records.SKIPPED, "SkippedAfterOOM",
+                f"depth {failed_depth} of this configuration ran out of memory on this host class "
+                "(retry.skip_deeper_after_oom)", flight.slot)
 
     def _unit_done(self, flight: InFlight) -> None:
         self._release(flight)
-        if flight.oom_replace:
-            tried = set().union(*(self.oom_nodes.get(c.cell_id, set()) for c in flight.oom_replace))
-            for unit in make_units(flight.oom_replace, self.policy.max_contexts):
-                unit.exclude_nodes = tuple(sorted(tried))
-                unit.min_free_memory = flight.slot.memory_total + 1
-                self.queue.appendleft(unit)
+        self._replace_after_oom(flight)
         if flight.pending:  # the worker ended without reporting some cells: run them again
             self._requeue([self.cells[c] for c in flight.pending])
+
+    def _replace_after_oom(self, flight: InFlight) -> None:
+        """Queue cells that ran out of memory here for a worker with more memory."""
+        if not flight.oom_replace:
+            return
+        tried = set().union(*(self.oom_nodes.get(c.cell_id, set()) for c in flight.oom_replace))
+        for unit in make_units(flight.oom_replace, self.policy.max_contexts):
+            unit.exclude_nodes = tuple(sorted(tried))
+            unit.min_free_memory = flight.slot.memory_total + 1
+            self.queue.appendleft(unit)
+        flight.oom_replace = []
 
     def _unit_died(self, flight: InFlight, exc: BaseException) -> None:
         slot = flight.slot
@@ -253,6 +269,9 @@ class Scheduler:
         slot.loaded_model = ""
         if flight.killed_for_timeout:
             self._requeue([self.cells[c] for c in flight.pending])
+            return
+        if _is_ray_oom(exc):
+            self._killed_for_memory(flight, exc)
             return
         node_lost = not node_alive(slot.node_id)
         if node_lost:
@@ -262,12 +281,16 @@ class Scheduler:
             return
         running = flight.pending if flight.unit.kind == QUALITY else flight.pending[:1]
         rest = [c for c in flight.pending if c not in running]
+        report = "" if node_lost else _crash_report(slot)
+        message = _describe_death(exc)
+        if reason_line(report):
+            message = f"{message}\nlast words: {reason_line(report)}"
         again: list[Cell] = []
         for cid in running:
             cell = self.cells[cid]
             flags = ["node-lost"] if node_lost else []
             self._record_synthetic(cell, records.CRASH, "NodeLost" if node_lost else "WorkerDied",
-                                   _describe_death(exc), slot, flags)
+                                   message, slot, flags, log_tail=report)
             if node_lost:
                 again.append(cell)
                 continue
@@ -279,6 +302,23 @@ class Scheduler:
                 self.queue.appendleft(make_units([cell], self.policy.max_contexts)[0])
             again = []
         self._requeue(again + [self.cells[c] for c in rest], front=True)
+
+    def _killed_for_memory(self, flight: InFlight, exc: BaseException) -> None:
+        """Ray's memory monitor killed the worker: an OOM of the running cell(s), not a crash."""
+        running = flight.pending if flight.unit.kind == QUALITY else flight.pending[:1]
+        for cid in running:
+            cell = self.cells[cid]
+            self._record_synthetic(cell, records.OOM, "RayOutOfMemoryError",
+                                   "Ray's memory monitor killed the worker: " + str(exc).splitlines()[0],
+                                   flight.slot)
+            self._after_oom(flight, cell)
+        rest = [self.cells[c] for c in flight.pending if c not in running]
+        flight.pending = []
+        if rest and flight.unit.kind != QUALITY:
+            self._returned(flight, Returned([c.cell_id for c in rest], "after-oom"))
+        else:
+            self._requeue(rest)
+        self._replace_after_oom(flight)
 
     def _check_timeouts(self) -> None:
         import ray
@@ -327,15 +367,32 @@ class Scheduler:
         row = attempt_row(cell, outcome, slot, self.run_id, self.attempts[cell.cell_id])
         self.sink.add(row, outcome.tokens)
         if RETRYING_FLAG not in outcome.flags:
-            self.summary.by_status[outcome.status] += 1
+            self.summary.final[cell.cell_id] = outcome.status
         self.on_event("finished", slot, (cell, outcome))
 
     def _record_synthetic(self, cell: Cell, status: str, error_class: str, message: str,
-                          slot: WorkerSlot | None = None, flags: list[str] | None = None) -> None:
+                          slot: WorkerSlot | None = None, flags: list[str] | None = None,
+                          log_tail: str = "") -> None:
         now = time.time()
         outcome = records.CellOutcome(cell.cell_id, status, now, now, error_class=error_class,
-                                      error_message=message, flags=flags or [])
+                                      error_message=message, flags=flags or [], log_tail=log_tail)
         self._record(cell, outcome, slot)
+
+
+def _is_ray_oom(exc: BaseException) -> bool:
+    import ray
+
+    return isinstance(exc, ray.exceptions.OutOfMemoryError) or "memory monitor" in str(exc).lower()
+
+
+def _crash_report(slot: WorkerSlot, timeout_s: float = 30.0) -> str:
+    """Ask the restarted worker what its dead predecessor wrote last ("" if it cannot say)."""
+    import ray
+
+    try:
+        return ray.get(slot.actor.crash_report.remote(), timeout=timeout_s)
+    except Exception:  # the worker may not come back (e.g. its node is going away)
+        return ""
 
 
 def _describe_death(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from kvsweep.orchestrator.plan import expand, make_units
 from kvsweep.orchestrator.progress import ProgressView
 from kvsweep.orchestrator.run_dir import RunDir, new_session_id
 from kvsweep.orchestrator.scheduler import Policy, Scheduler, Summary
-from kvsweep.orchestrator.sink import ResultSink
+from kvsweep.orchestrator.sink import ResultSink, recover
 from kvsweep.workers.runner import RetryPolicy
 
 
@@ -96,9 +96,12 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
             raise RuntimeError("no kvsweep workers in the Ray cluster: start some with "
                                "`kvsweep worker join --address HEAD:PORT` (see docs/fleet.md)")
         cells = expand(matrix, inputs, {s.host_class for s in slots}, {s.backend for s in slots})
+        session = new_session_id()
+        recovered = recover(run_dir, session)
+        if recovered:
+            logger.info(f"recovered {recovered} attempt(s) from the log of a driver that stopped early")
         history = read_history(run_dir)
         todo = cells_to_run(cells, history, opts.redo)
-        session = new_session_id()
         manifest = run_dir.start_session(matrix.source, session, sys.argv, len(cells))
         run_dir.write_plan(cells)
         logger.info(f"{run_dir.path}: {len(cells)} cells planned, {len(cells) - len(todo)} already "

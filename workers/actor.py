@@ -14,23 +14,32 @@ import socket
 from kvsweep.cells import WorkUnit
 from kvsweep.workers import faults
 from kvsweep.workers.probe import probe_host, refresh_memory
+from kvsweep.workers.llama_api import LogCapture
 from kvsweep.workers.runner import RetryPolicy, UnitRunner
+from kvsweep.workers.worker_log import WorkerLog
 
 
 class DeviceWorker:
     def __init__(self, worker_id: str, device_index: int = 0, runner: str = "llama",
                  fake_cell_seconds: float = 0.0, n_threads: int = 0,
-                 retry: RetryPolicy | None = None, fault_plan: list[dict] | None = None):
+                 retry: RetryPolicy | None = None, fault_plan: list[dict] | None = None,
+                 memory_limit: int = 0):
         self.worker_id = worker_id
         self.device_index = device_index
-        faults.set_plan(fault_plan)
+        self.log = WorkerLog(worker_id, redirect_stderr=runner != "fake")
+        faults.set_plan(fault_plan, memory_limit)
         if runner == "fake":
             from kvsweep.workers.fake_runner import FakeRunner
 
             self.runner = FakeRunner(fake_cell_seconds)
         else:
             self.runner = UnitRunner(n_threads=n_threads, retry=retry)
+            LogCapture.install().mirror = self.log.write
         self.runner_kind = runner
+
+    def crash_report(self) -> str:
+        """The last lines the previous process of this worker wrote before it died."""
+        return self.log.crash_report()
 
     def describe(self) -> dict:
         """The host probe plus where this actor lives; memory figures are current."""

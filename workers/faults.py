@@ -16,6 +16,8 @@ KVSWEEP_FAULTS or the matrix's `[testing] faults`:
     error   raise an ordinary exception
 `times` (default: always) limits how often a fault fires per cell; the count survives the
 worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
+`needs_bytes` makes a fault fire only on workers with less memory than that, as if the cell
+needed that much: how tests build fleets where a cell fits on some hosts and not others.
 """
 
 from __future__ import annotations
@@ -35,16 +37,29 @@ ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
 _plan_from_unit: list[dict] = []
+_worker_memory: int = 0
+_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes"}
 
 
 class InjectedError(RuntimeError):
     pass
 
 
-def set_plan(plan: list[dict] | None) -> None:
-    """Faults that came with the work unit (from the matrix); the environment's add to them."""
-    global _plan_from_unit
+def set_plan(plan: list[dict] | None, worker_memory: int = 0) -> None:
+    """Faults from the matrix (the environment's add to them) and this worker's memory."""
+    global _plan_from_unit, _worker_memory
     _plan_from_unit = list(plan or [])
+    _worker_memory = worker_memory
+
+
+def _memory() -> int:
+    if _worker_memory:
+        return _worker_memory
+    from kvsweep.workers.probe import probe_host
+
+    probe = probe_host()
+    gpus = probe.gpu_devices
+    return gpus[0].memory_total if gpus else probe.ram_total
 
 
 def _plan() -> list[dict]:
@@ -60,6 +75,8 @@ def validate(plan: list[dict]) -> list[str]:
     problems = []
     fields = set(asdict(_example_cell()))
     for i, entry in enumerate(plan):
+        for key in set(entry) - _ENTRY_KEYS:
+            problems.append(f"faults[{i}].{key} is not a fault key (use {', '.join(sorted(_ENTRY_KEYS))})")
         if entry.get("fault") not in FAULTS:
             problems.append(f"faults[{i}].fault must be one of {', '.join(FAULTS)}")
         for key in entry.get("match", {}):
@@ -77,6 +94,8 @@ def _fires(cell: Cell, fault: str) -> bool:
         if entry.get("fault") != fault:
             continue
         if any(getattr(cell, k, None) != v for k, v in entry.get("match", {}).items()):
+            continue
+        if "needs_bytes" in entry and _memory() >= entry["needs_bytes"]:
             continue
         times = entry.get("times")
         if times is None:
@@ -98,7 +117,9 @@ def maybe_inject(cell: Cell, stage: str = "start") -> None:
     _nan_decided.pop((cell.cell_id, "nan"), None)  # a new attempt decides afresh
     if _fires(cell, "oom"):
         raise OutOfMemory(
-            "injected fault: oom", "llama_kv_cache: failed to allocate buffer for kv cache (injected)"
+            "injected fault: oom",
+            "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 123456789\n"
+            "llama_kv_cache: failed to allocate buffer for kv cache (injected fault)",
         )
     if _fires(cell, "error"):
         raise InjectedError("injected fault: error")

@@ -62,6 +62,7 @@ class LogCapture:
         import llama_cpp
 
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self.mirror = None  # a callable(line) the worker sets: lines also go to its log file
         self._partial = ""
         self.count = 0  # lines seen so far, to read "lines since" a mark
 
@@ -86,6 +87,8 @@ class LogCapture:
             if line.strip():
                 self.lines.append(line)
                 self.count += 1
+                if self.mirror is not None:
+                    self.mirror(line)
 
     def mark(self) -> int:
         return self.count

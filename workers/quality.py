@@ -24,6 +24,7 @@ from kvsweep import records
 from kvsweep.cells import Cell
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.kl_math import Reducer
+from kvsweep.workers.oom import requested_bytes
 
 # A quantized run whose PPL is this many times the baseline's is flagged: garbage output
 # (e.g. a Metal command buffer that failed silently) rather than a quantization effect.
@@ -182,6 +183,7 @@ def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
 
 def _failed(cell: Cell, started: float, exc: Exception) -> records.CellOutcome:
     status = records.OOM if isinstance(exc, llama_api.OutOfMemory) else records.ERROR
+    log_tail = getattr(exc, "log_tail", "")
     return records.CellOutcome(
         cell_id=cell.cell_id,
         status=status,
@@ -189,7 +191,8 @@ def _failed(cell: Cell, started: float, exc: Exception) -> records.CellOutcome:
         finished_at=time.time(),
         error_class=type(exc).__name__,
         error_message=str(exc),
-        log_tail=getattr(exc, "log_tail", ""),
+        log_tail=log_tail,
+        facts={"needed_bytes": requested_bytes(log_tail)} if status == records.OOM else {},
     )
 
 

@@ -29,6 +29,7 @@ from kvsweep.hashing import file_sha256
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
 from kvsweep.workers.kl_math import Reducer
+from kvsweep.workers.oom import requested_bytes
 from kvsweep.workers.quality import CorpusTooShort, run_quality_group
 from kvsweep.workers.speed import DepthStateCache, run_speed_cell
 
@@ -262,6 +263,7 @@ def _failure(
     expected = (CorpusTooShort, ModelMismatch, FileNotFoundError, llama_api.LlamaError)
     if status == records.ERROR and not isinstance(exc, expected):
         message = f"{exc}\n{''.join(traceback.format_exception(exc, limit=8))}"
+    log_tail = getattr(exc, "log_tail", "")
     return records.CellOutcome(
         cell_id=cell.cell_id,
         status=status,
@@ -269,8 +271,9 @@ def _failure(
         finished_at=time.time(),
         error_class=type(exc).__name__,
         error_message=message,
-        log_tail=getattr(exc, "log_tail", ""),
+        log_tail=log_tail,
         flags=[RETRYING_FLAG] if retrying else [],
+        facts={"needed_bytes": requested_bytes(log_tail)} if status == records.OOM else {},
     )
 
 
