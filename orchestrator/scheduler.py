@@ -32,6 +32,7 @@ from loguru import logger
 from kvsweep import records
 from kvsweep.cells import QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
+from kvsweep.orchestrator.memory_plan import eligible, fits
 from kvsweep.orchestrator.plan import make_units, speed_series_key
 from kvsweep.orchestrator.sink import ResultSink
 from kvsweep.workers.runner import RETRYING_FLAG, Finished, Progress, Returned
@@ -83,6 +84,7 @@ class Scheduler:
         attempts_so_far: dict[str, int] | None = None,
         on_event: Callable[[str, WorkerSlot | None, object], None] = lambda *a: None,
         refresh_fleet: Callable[[], list[WorkerSlot]] | None = None,
+        predicted: dict | None = None,
     ):
         self.cells = {c.cell_id: c for c in cells}
         self.slots = slots
@@ -99,6 +101,7 @@ class Scheduler:
         self.on_event = on_event
         self.refresh_fleet = refresh_fleet
         self._last_refresh = time.monotonic()
+        self.predicted = predicted or {}  # cell id -> memory_plan.Prediction
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -147,6 +150,23 @@ class Scheduler:
         same_model = [u for u in runnable if u.model_sha256 == slot.loaded_model]
         unit = (same_model or runnable)[0]
         self.queue.remove(unit)
+        return self._split_by_memory(slot, unit)
+
+    def _split_by_memory(self, slot: WorkerSlot, unit: WorkUnit) -> WorkUnit | None:
+        """Keep the cells predicted to fit this worker; the others wait for a bigger one."""
+        too_big = [c for c in unit.cells if c.cell_id in self.predicted
+                   and not fits(self.predicted[c.cell_id], slot.memory_total, slot.backend)]
+        if not too_big:
+            return unit
+        need = max(self.predicted[c.cell_id].on_device(slot.backend) for c in too_big)
+        for bigger in make_units(too_big, self.policy.max_contexts):
+            bigger.min_free_memory = max(unit.min_free_memory, slot.memory_total + 1, int(need))
+            bigger.exclude_nodes = unit.exclude_nodes
+            self.queue.append(bigger)
+        keep = [c for c in unit.cells if c not in too_big]
+        if not keep:
+            return None
+        unit.cells = keep
         return unit
 
     @staticmethod
@@ -158,6 +178,23 @@ class Scheduler:
         if slot.node_id in unit.exclude_nodes:
             return False
         return slot.memory_total >= unit.min_free_memory
+
+    def record_predicted_oom(self, cells: list[Cell]) -> None:
+        """Cells the planner says fit on no eligible worker: recorded, not tried."""
+        for cell in cells:
+            pred = self.predicted[cell.cell_id]
+            biggest = max((s.memory_total for s in self.slots if eligible(cell, s)), default=0)
+            self._record_synthetic(
+                cell, records.PREDICTED_OOM, "PredictedOutOfMemory",
+                f"predicted {pred.total / 2**30:.2f} GiB (weights {pred.weights / 2**30:.2f}, KV "
+                f"{pred.kv / 2**30:.2f}, compute {pred.compute / 2**30:.2f}); the largest eligible "
+                f"host has {biggest / 2**30:.2f} GiB (placement.try_predicted_oom tries anyway)")
+            self.cells.pop(cell.cell_id, None)
+        gone = {c.cell_id for c in cells}
+        for unit in list(self.queue):
+            unit.cells = [c for c in unit.cells if c.cell_id not in gone]
+            if not unit.cells:
+                self.queue.remove(unit)
 
     def _strand_queue(self) -> None:
         """Units no live worker may run (host class absent, every bigger host tried)."""
@@ -181,17 +218,15 @@ class Scheduler:
             self._unit_done(flight)
             return
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc, ray.exceptions.RayActorError):
-                self._unit_died(flight, exc)
-            else:  # a bug below the runner's own error handling: record, do not retry
-                for cid in flight.pending:
-                    self._record_synthetic(self.cells[cid], records.ERROR, type(exc).__name__, str(exc), flight.slot)
-                flight.pending.clear()
-                self._unit_done(flight)
+            # the worker's code raised past the runner's own handling: a bug, record it
+            for cid in flight.pending:
+                self._record_synthetic(self.cells[cid], records.ERROR, type(exc).__name__, str(exc), flight.slot)
+            flight.pending.clear()
+            self._unit_done(flight)
             return
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError,
-                ray.exceptions.OutOfMemoryError) as exc:
+        except ray.exceptions.RayError as exc:
+            # the worker or its node went away (actor died, unavailable, unschedulable because
+            # its node is gone, killed by Ray's memory monitor, lost objects)
             self._unit_died(flight, exc)
             return
         flight.last_event = time.monotonic()
@@ -365,6 +400,9 @@ class Scheduler:
     def _record(self, cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | None) -> None:
         self.attempts[cell.cell_id] += 1
         row = attempt_row(cell, outcome, slot, self.run_id, self.attempts[cell.cell_id])
+        if cell.cell_id in self.predicted:
+            backend = slot.backend if slot is not None else "CPU"
+            row["predicted_bytes"] = self.predicted[cell.cell_id].on_device(backend)
         self.sink.add(row, outcome.tokens)
         if RETRYING_FLAG not in outcome.flags:
             self.summary.final[cell.cell_id] = outcome.status
@@ -389,10 +427,15 @@ def _crash_report(slot: WorkerSlot, timeout_s: float = 30.0) -> str:
     """Ask the restarted worker what its dead predecessor wrote last ("" if it cannot say)."""
     import ray
 
-    try:
-        return ray.get(slot.actor.crash_report.remote(), timeout=timeout_s)
-    except Exception:  # the worker may not come back (e.g. its node is going away)
-        return ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return ray.get(slot.actor.crash_report.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.2)  # Ray is restarting it: ask again
+        except Exception:  # the worker may not come back (e.g. its node is going away)
+            return ""
+    return ""
 
 
 def _describe_death(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from loguru import logger
 
 from kvsweep.cells import Cell
 from kvsweep.orchestrator import fleet as fleet_mod
+from kvsweep.orchestrator import memory_plan
 from kvsweep.orchestrator.history import cells_to_run, read_history
 from kvsweep.orchestrator.inputs import resolve_inputs
 from kvsweep.orchestrator.matrix import Matrix, load_matrix
@@ -118,11 +119,18 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 known.update(s.worker_id for s in new)
                 return new
 
+            predicted = memory_plan.predictions(cells)
             scheduler = Scheduler(
                 todo, slots, sink, manifest["run_id"], _policy(matrix), corpora,
                 attempts_so_far={k: h.attempts for k, h in history.items()},
-                on_event=progress.on_event, refresh_fleet=refresh,
+                on_event=progress.on_event, refresh_fleet=refresh, predicted=predicted,
             )
+            if not matrix.placement.try_predicted_oom:
+                too_big = memory_plan.fits_nowhere(todo, predicted, slots)
+                if too_big:
+                    logger.info(f"{len(too_big)} cell(s) fit on no host (memory planner): recorded as "
+                                "predicted-oom, not tried")
+                    scheduler.record_predicted_oom(too_big)
             progress.start()
             try:
                 result.summary = scheduler.run()
@@ -132,6 +140,12 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 classes = sorted({c.host_class or c.quality_backend or "?" for c in result.summary.stranded})
                 logger.warning(f"{len(result.summary.stranded)} cells wait for a host the fleet does not "
                                f"have ({', '.join(classes)}); `kvsweep resume` runs them once it does")
+        loads = _model_loads(slots)
+        if loads:
+            logger.info("model loads per worker: " + ", ".join(f"{w} {n}" for w, n in loads.items()))
+            manifest = run_dir.manifest()
+            manifest["sessions"][-1]["model_loads"] = loads
+            run_dir.write_manifest(manifest)
         if opts.report:
             from kvsweep.analysis.report import write_report
 
@@ -145,6 +159,19 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 pass
         if started_ray:
             fleet_mod.shutdown()
+
+
+def _model_loads(slots) -> dict[str, int]:
+    """How often each worker loaded a model this session (grouping by model keeps it low)."""
+    import ray
+
+    out = {}
+    for slot in slots:
+        try:
+            out[slot.worker_id] = ray.get(slot.actor.describe.remote(), timeout=30)["model_loads"]
+        except Exception:  # a worker that died or whose node left: nothing to report
+            continue
+    return out
 
 
 def _policy(matrix: Matrix) -> Policy:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from kvsweep.orchestrator.fleet import prepare_loopback_env
+
+prepare_loopback_env()  # before anything imports Ray: every test cluster binds to 127.0.0.1
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"
 

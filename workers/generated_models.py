@@ -158,8 +158,52 @@ def _llama_layers(recipe: ModelRecipe, mat, ones) -> None:
         mat(f"blk.{i}.ffn_down.weight", d, ff, 1 / np.sqrt(ff))
 
 
+# qwen35's gated delta-net (linear attention) sizes for the tiny model: head size 32 for both
+# keys and values, 2 key heads and 4 value heads, a 4-tap causal convolution.
+_SSM_STATE, _SSM_GROUPS, _SSM_V_HEADS, _SSM_CONV = 32, 2, 4, 4
+
+
 def _qwen35_layers(w, recipe: ModelRecipe, rng, mat, ones) -> None:
-    raise NotImplementedError("the qwen35 hybrid test model is not written yet")
+    """Qwen3.5-style hybrid (llama.cpp `qwen35`, src/models/qwen35.cpp): every
+    full_attention_interval-th layer is gated full attention with a KV cache; the others are
+    gated delta-net layers whose recurrent state has a constant size."""
+    d, hd, ff = recipe.n_embd, recipe.head_dim, recipe.n_ff
+    key_dim, value_dim = _SSM_STATE * _SSM_GROUPS, _SSM_STATE * _SSM_V_HEADS
+    conv_dim = 2 * key_dim + value_dim
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_sections([hd // 4, hd // 8, hd // 8, 0])
+    w.add_ssm_conv_kernel(_SSM_CONV)
+    w.add_ssm_inner_size(value_dim)
+    w.add_ssm_state_size(_SSM_STATE)
+    w.add_ssm_time_step_rank(_SSM_V_HEADS)
+    w.add_ssm_group_count(_SSM_GROUPS)
+    w.add_full_attention_interval(recipe.full_attention_interval)
+    for i in range(recipe.n_layer):
+        ones(f"blk.{i}.attn_norm.weight", d)
+        ones(f"blk.{i}.post_attention_norm.weight", d)
+        if (i + 1) % recipe.full_attention_interval == 0:  # full attention: the KV cache
+            mat(f"blk.{i}.attn_q.weight", 2 * recipe.n_head * hd, d, 2 / np.sqrt(d))  # query + gate
+            mat(f"blk.{i}.attn_k.weight", recipe.n_head_kv * hd, d, 2 / np.sqrt(d))
+            mat(f"blk.{i}.attn_v.weight", recipe.n_head_kv * hd, d, 1 / np.sqrt(d))
+            mat(f"blk.{i}.attn_output.weight", d, recipe.n_head * hd, 1 / np.sqrt(d))
+            ones(f"blk.{i}.attn_q_norm.weight", hd)
+            ones(f"blk.{i}.attn_k_norm.weight", hd)
+        else:  # gated delta net: recurrent state, no KV cache
+            mat(f"blk.{i}.attn_qkv.weight", conv_dim, d, 1 / np.sqrt(d))
+            mat(f"blk.{i}.attn_gate.weight", value_dim, d, 1 / np.sqrt(d))
+            # llama.cpp's ssm_conv kernel reads its weight as float32 (converters keep it so)
+            w.add_tensor(f"blk.{i}.ssm_conv1d.weight",
+                         (rng.standard_normal((conv_dim, _SSM_CONV)) * 0.5).astype(np.float32))
+            w.add_tensor(f"blk.{i}.ssm_dt.bias", np.zeros(_SSM_V_HEADS, np.float32))
+            w.add_tensor(f"blk.{i}.ssm_a", -np.ones(_SSM_V_HEADS, np.float32))
+            mat(f"blk.{i}.ssm_beta.weight", _SSM_V_HEADS, d, 1 / np.sqrt(d))
+            mat(f"blk.{i}.ssm_alpha.weight", _SSM_V_HEADS, d, 1 / np.sqrt(d))
+            ones(f"blk.{i}.ssm_norm.weight", _SSM_STATE)
+            mat(f"blk.{i}.ssm_out.weight", d, value_dim, 1 / np.sqrt(value_dim))
+        mat(f"blk.{i}.ffn_gate.weight", ff, d, 1 / np.sqrt(d))
+        mat(f"blk.{i}.ffn_up.weight", ff, d, 1 / np.sqrt(d))
+        mat(f"blk.{i}.ffn_down.weight", d, ff, 1 / np.sqrt(ff))
 
 
 def cached_model(recipe: ModelRecipe) -> Path:

@@ -1,0 +1,205 @@
+"""Will this cell fit on that host? Memory predicted from GGUF metadata, before anything runs.
+
+    total = weights + KV cache + recurrent state + output buffer + compute buffer
+
+- weights: the tensors' bytes as stored in the file (what llama.cpp loads onto the device;
+  on a GPU the token embeddings stay in host memory, as llama.cpp keeps the input layer there).
+- KV cache (exact): llama.cpp pads the context to 256 cells; each layer that has a KV cache
+  stores n_head_kv * head_dim values per cell for K and for V at the cache type's size
+  (block types: 32 values per block). Hybrid models (Qwen3.5/3.6 `qwen35`/`qwen35moe`, Qwen3
+  Next) keep a KV cache only in their full-attention layers, every full_attention_interval-th.
+- recurrent state (exact): the other layers of a hybrid keep a constant-size f32 state per
+  sequence: a convolution window (d_conv - 1) x conv_dim and an SSM state d_state^2 x heads.
+- output buffer: logits rows the context may return (1 for speed tests; one decode piece for
+  quality) x n_vocab x 4 bytes.
+- compute buffer (an estimate): llama.cpp reserves the largest phase of its graph for a full
+  ubatch: the output projection (n_ubatch x n_vocab x 4), attention (the f16 mask, and without
+  flash attention the n_ubatch x n_ctx x n_head f32 score matrix), or the feed-forward block.
+  Calibrated on generated models against what llama.cpp reports (tests/test_memory_plan.py
+  states the error it allows).
+A quality cell holds two contexts (its own and the baseline's); a speed cell one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from kvsweep import cache_types
+from kvsweep.cells import QUALITY, Cell
+
+KV_PAD = 256  # llama.cpp pads the KV cache to a multiple of 256 cells
+HEADROOM = 0.05  # a host is full at 95% of its memory: drivers and fragmentation take the rest
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_k: int
+    head_v: int
+    n_ff: int
+    n_vocab: int
+    kv_layers: int  # layers that keep a KV cache
+    recurrent_bytes: int  # constant recurrent state per sequence (hybrid models)
+    weights_bytes: int
+    input_bytes: int  # token embeddings (stay in host memory on GPU backends)
+    q_gate: bool = False  # qwen35's query projection also produces a gate (2x width)
+
+
+@lru_cache(maxsize=64)
+def read_shape(path: str) -> ModelShape:
+    """The parts of a GGUF's metadata that decide its memory use."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+
+    def get(key: str, default=None):
+        f = reader.get_field(key)
+        return f.contents() if f is not None else default
+
+    arch = get("general.architecture")
+    a = lambda key, default=None: get(f"{arch}.{key}", default)  # noqa: E731
+    n_layer, n_embd = int(a("block_count")), int(a("embedding_length"))
+    n_head = _scalar(a("attention.head_count"))
+    n_head_kv = _scalar(a("attention.head_count_kv", n_head))
+    head_k = int(a("attention.key_length", n_embd // n_head))
+    head_v = int(a("attention.value_length", n_embd // n_head))
+    n_ff = _scalar(a("feed_forward_length", 4 * n_embd))
+    tokens = get("tokenizer.ggml.tokens", [])
+    weights = sum(int(t.n_bytes) for t in reader.tensors)
+    inputs = sum(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
+
+    kv_layers, recurrent = n_layer, 0
+    interval = a("full_attention_interval")
+    if interval is not None or a("ssm.state_size") is not None:
+        interval = int(interval or 4)
+        kv_layers = sum(1 for i in range(n_layer) if (i + 1) % interval == 0)
+        d_conv, d_state = int(a("ssm.conv_kernel", 4)), int(a("ssm.state_size", 0))
+        groups, v_heads = int(a("ssm.group_count", 1)), int(a("ssm.time_step_rank", 1))
+        conv_dim = 2 * d_state * groups + d_state * v_heads
+        per_layer = 4 * ((d_conv - 1) * conv_dim + d_state * d_state * v_heads)
+        recurrent = (n_layer - kv_layers) * per_layer
+    return ModelShape(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+        head_k=head_k, head_v=head_v, n_ff=n_ff, n_vocab=len(tokens), kv_layers=kv_layers,
+        recurrent_bytes=recurrent, weights_bytes=weights, input_bytes=inputs,
+        q_gate=arch in ("qwen35", "qwen35moe", "qwen3next"),
+    )
+
+
+def _scalar(value) -> int:
+    """Per-layer arrays (e.g. head_count_kv) become their maximum."""
+    if isinstance(value, list):
+        return int(max(value))
+    return int(value)
+
+
+def padded(n_ctx: int) -> int:
+    return -(-n_ctx // KV_PAD) * KV_PAD
+
+
+def row_bytes(type_name: str, n_values: int) -> int:
+    return int(n_values * cache_types.MAINLINE[type_name].bits_per_value / 8)
+
+
+def kv_bytes(shape: ModelShape, type_k: str, type_v: str, n_ctx: int) -> int:
+    cells = padded(n_ctx)
+    k = row_bytes(type_k, shape.n_head_kv * shape.head_k) * cells
+    v = row_bytes(type_v, shape.n_head_kv * shape.head_v) * cells
+    return shape.kv_layers * (k + v)
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool,
+                  f32_cache: bool = False) -> int:
+    """llama.cpp's compute buffer: the peak of its graph's phases for one full ubatch."""
+    ub, ctx = n_ubatch, padded(n_ctx)
+    base = ub * shape.n_embd * 4  # the residual stream
+    mask = ub * ctx * 2  # the f16 attention mask, an input live through the graph
+    q_width = shape.n_head * shape.head_k * (2 if shape.q_gate else 1)
+    qkv = ub * (q_width + shape.n_head_kv * (shape.head_k + shape.head_v) + shape.n_head * shape.head_v) * 4
+    ffn = ub * shape.n_ff * 4 * 3
+    output = base + ub * shape.n_vocab * 4  # the logits of a full ubatch
+    if flash_attn:
+        # an f32 cache is converted to f16 for the kernel, one layer's K and V at a time
+        convert = 2 * ctx * shape.n_head_kv * shape.head_k * 2 if f32_cache else 0
+        return max(base + mask + qkv + max(ffn, convert), output)
+    scores = ub * ctx * shape.n_head * 4  # KQ, f32
+    return max(base + 2 * mask + scores + qkv, base + mask + qkv + ffn, output)
+
+
+@dataclass
+class Prediction:
+    weights: int
+    kv: int
+    recurrent: int
+    output: int
+    compute: int
+    contexts: int = 1
+    input_bytes: int = 0  # part of the weights a GPU backend keeps in host memory
+
+    @property
+    def total(self) -> int:
+        """Bytes on a CPU host (where everything lives in RAM)."""
+        return self.weights + self.contexts * (self.recurrent + self.output + self.compute) + self.kv
+
+    def on_device(self, backend: str) -> int:
+        """Bytes on the device of a host with this backend."""
+        return self.total - (self.input_bytes if backend not in ("", "CPU") else 0)
+
+
+def predict(cell: Cell, shape: ModelShape) -> Prediction:
+    weights = shape.weights_bytes
+    fa = cell.flash_attn != "off"
+    if cell.kind == QUALITY:
+        piece = min(cell.n_batch, cell.n_ctx)
+        kv = kv_bytes(shape, cell.type_k, cell.type_v, cell.n_ctx)
+        if not cell.type_k == cell.type_v == cell.baseline:
+            kv += kv_bytes(shape, cell.baseline, cell.baseline, cell.n_ctx)
+        contexts = 1 if cell.type_k == cell.type_v == cell.baseline else 2
+        f32 = "f32" in (cell.type_k, cell.type_v, cell.baseline)
+        return Prediction(weights, kv, shape.recurrent_bytes, piece * shape.n_vocab * 4,
+                          compute_bytes(shape, cell.n_ctx, min(cell.n_ubatch, piece), fa, f32), contexts,
+                          shape.input_bytes)
+    n_ctx = cell.n_prompt + cell.n_gen + cell.n_depth
+    return Prediction(weights, kv_bytes(shape, cell.type_k, cell.type_v, n_ctx), shape.recurrent_bytes,
+                      shape.n_vocab * 4,
+                      compute_bytes(shape, n_ctx, cell.n_ubatch, fa, "f32" in (cell.type_k, cell.type_v)),
+                      input_bytes=shape.input_bytes)
+
+
+def fits(prediction: Prediction, memory_total: int, backend: str = "CPU") -> bool:
+    return prediction.on_device(backend) <= memory_total * (1 - HEADROOM)
+
+
+def eligible(cell: Cell, slot) -> bool:
+    """May this worker run this cell at all (host class for speed, backend for quality)?"""
+    if cell.host_class and cell.host_class != slot.host_class:
+        return False
+    return not cell.quality_backend or cell.quality_backend == slot.backend
+
+
+def predictions(cells: list[Cell]) -> dict[str, Prediction]:
+    """Predictions for every cell whose model file is readable here (others: unknown)."""
+    out = {}
+    for cell in cells:
+        if Path(cell.model_path).exists():
+            out[cell.cell_id] = predict(cell, read_shape(cell.model_path))
+    return out
+
+
+def fits_nowhere(cells: list[Cell], preds: dict[str, Prediction], slots) -> list[Cell]:
+    """Cells some eligible worker exists for, but none with enough memory."""
+    out = []
+    for cell in cells:
+        pred = preds.get(cell.cell_id)
+        if pred is None:
+            continue
+        candidates = [s for s in slots if eligible(cell, s)]
+        if candidates and not any(fits(pred, s.memory_total, s.backend) for s in candidates):
+            out.append(cell)
+    return out

@@ -1,0 +1,209 @@
+"""A heterogeneous fleet on one machine: ray.cluster_utils.Cluster with nodes that advertise
+different host classes, backends and memory (kvsweep's node labels), a real Ray scheduler and
+real llama.cpp workers. The compute is this machine's CPU on every node: the labels are what
+is being tested (placement, the memory planner, the OOM ladder, losing a node)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from conftest import DEMO_CORPUS
+from kvsweep.analysis.db import connect
+from kvsweep.orchestrator.fleet import LABEL_BACKEND, LABEL_HOST_CLASS, LABEL_MEMORY, WORKER_RESOURCE
+from kvsweep.orchestrator.sweep import RunOptions, run_sweep
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+GiB = 2**30
+
+
+def node_args(host_class: str, backend: str, memory: int) -> dict:
+    return dict(num_cpus=1, resources={WORKER_RESOURCE: 1},
+                labels={LABEL_HOST_CLASS: host_class, LABEL_BACKEND: backend, LABEL_MEMORY: str(memory)})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = {
+        "small": c.add_node(**node_args("gpu-a", "CUDA", 8 * GiB)),
+        "big": c.add_node(**node_args("gpu-a", "CUDA", 16 * GiB)),
+        "mac": c.add_node(**node_args("mac-b", "Metal", 64 * GiB)),
+        "tiny": c.add_node(**node_args("tiny-box", "CPU", 4 * 2**20)),  # 4 MiB: nothing fits
+    }
+    c.wait_for_nodes()
+    yield c, nodes
+    c.shutdown()
+
+
+MATRIX = """
+name = "fleet"
+[[models]]
+name = "tiny"
+generate = {{ arch = "llama" }}
+[cache]
+symmetric = ["f16", "q8_0", "q4_0"]
+[quality]
+corpus = "{corpus}"
+n_ctx = [128]
+max_chunks = 2
+baseline = "f16"
+n_batch = 128
+[speed]
+depths = [0, 256, 512]
+n_prompt = 16
+n_gen = 4
+repetitions = 1
+[runtime]
+n_threads = 1
+cell_timeout_s = 120
+[retry]
+oom_retries = 0
+[placement]
+quality_on = "{quality_on}"
+[testing]
+faults = [
+  # q8_0 tg at 256 needs 12 GiB: out of memory on the 8 GiB node, fits on the 16 GiB one
+  {{ match = {{ type_k = "q8_0", kind = "tg", n_depth = 256 }}, fault = "oom", needs_bytes = {twelve} }},
+  # q4_0 pp at 256 needs 100 GiB: out of memory on every gpu-a node
+  {{ match = {{ type_k = "q4_0", kind = "pp", n_depth = 256, host_class = "gpu-a" }}, fault = "oom", needs_bytes = {hundred} }},
+]
+"""
+
+
+def write(tmp_path, quality_on="any"):
+    path = tmp_path / "fleet.toml"
+    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on=quality_on, twelve=12 * GiB, hundred=100 * GiB))
+    return path
+
+
+def rows(con, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def fleet_run(cluster, tmp_path_factory):
+    c, nodes = cluster
+    tmp = tmp_path_factory.mktemp("fleet")
+    result = run_sweep(write(tmp), RunOptions(run_dir=tmp / "run", address=c.address, progress=False))
+    return result, {name: n.node_id for name, n in nodes.items()}
+
+
+def test_speed_cells_run_on_every_host_class(fleet_run):
+    result, ids = fleet_run
+    con = connect(result.run_dir)
+    classes = {r[0] for r in rows(con, "SELECT DISTINCT host_class FROM plan WHERE kind <> 'quality'")}
+    assert classes == {"gpu-a", "mac-b", "tiny-box"}
+    # each speed cell ran on a node of its own class
+    placed = rows(con, "SELECT DISTINCT host_class, node_id FROM results WHERE kind <> 'quality' AND status = 'ok'")
+    for host_class, node in placed:
+        expected = {"gpu-a": {ids["small"], ids["big"]}, "mac-b": {ids["mac"]}}[host_class]
+        assert node in expected, (host_class, node)
+
+
+def test_cells_that_fit_nowhere_are_predicted_oom_and_not_tried(fleet_run):
+    result, ids = fleet_run
+    con = connect(result.run_dir)
+    tiny = rows(con, "SELECT status, count(*), max(attempt), min(predicted_bytes) FROM results "
+                     "WHERE host_class = 'tiny-box' GROUP BY status")
+    assert len(tiny) == 1 and tiny[0][0] == "predicted-oom" and tiny[0][1] == 3 * 3 * 2
+    assert tiny[0][3] > 4 * 2**20  # the prediction exceeds the host's 4 MiB
+    assert rows(con, f"SELECT count(*) FROM attempts WHERE node_id = '{ids['tiny']}'") == [(0,)]
+    msg = rows(con, "SELECT error_message FROM results WHERE host_class = 'tiny-box' LIMIT 1")[0][0]
+    assert "predicted" in msg and "largest eligible host has 0.00 GiB" in msg
+
+
+def test_oom_is_replaced_on_a_host_with_more_memory(fleet_run):
+    result, ids = fleet_run
+    con = connect(result.run_dir)
+    tries = rows(con, "SELECT status, node_id FROM attempts WHERE type_k = 'q8_0' AND kind = 'tg' "
+                      "AND n_depth = 256 AND host_class = 'gpu-a' ORDER BY finished_at")
+    if tries[0][1] == ids["big"]:  # the big node took it first: no OOM at all, as it should be
+        assert tries == [("ok", ids["big"])]
+    else:
+        assert tries == [("oom", ids["small"]), ("ok", ids["big"])]
+        # deeper depths were not skipped: the series followed its head to the bigger host
+    assert rows(con, "SELECT status FROM results WHERE type_k = 'q8_0' AND n_depth = 512 AND host_class = 'gpu-a'") == [("ok",), ("ok",)]
+
+
+def test_oom_everywhere_is_recorded_and_deeper_depths_skipped(fleet_run):
+    result, ids = fleet_run
+    con = connect(result.run_dir)
+    tries = rows(con, "SELECT status, node_id FROM attempts WHERE type_k = 'q4_0' AND kind = 'pp' "
+                      "AND n_depth = 256 AND host_class = 'gpu-a' ORDER BY finished_at")
+    assert [s for s, _ in tries] == ["oom"] * len(tries) and {n for _, n in tries} <= {ids["small"], ids["big"]}
+    assert rows(con, "SELECT status FROM results WHERE type_k = 'q4_0' AND kind = 'pp' AND n_depth = 256 "
+                     "AND host_class = 'gpu-a'") == [("oom",)]
+    skipped = rows(con, "SELECT kind, status FROM results WHERE type_k = 'q4_0' AND n_depth = 512 "
+                        "AND host_class = 'gpu-a' ORDER BY kind")
+    assert skipped == [("pp", "skipped"), ("tg", "skipped")]
+    # the same configuration on the Mac class was not affected
+    assert rows(con, "SELECT DISTINCT status FROM results WHERE type_k = 'q4_0' AND host_class = 'mac-b'") == [("ok",)]
+
+
+def test_quality_runs_anywhere_once(fleet_run):
+    result, ids = fleet_run
+    con = connect(result.run_dir)
+    q = rows(con, "SELECT config, status, quality_backend FROM cell_status WHERE kind = 'quality' ORDER BY config")
+    assert [(c, s) for c, s, _ in q] == [("f16", "ok"), ("q4_0", "ok"), ("q8_0", "ok")]
+    assert {b for *_, b in q} == {""}
+
+
+def test_quality_on_every_backend_compares_the_same_cell_across_backends(cluster, tmp_path):
+    c, nodes = cluster
+    result = run_sweep(write(tmp_path, "every-backend"),
+                       RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False))
+    con = connect(result.run_dir)
+    placed = rows(con, "SELECT p.quality_backend, r.backend, r.status FROM plan p JOIN results r USING (cell_id) "
+                       "WHERE p.kind = 'quality'")
+    assert {b for b, _, _ in placed} == {"CUDA", "Metal", "CPU"}
+    for wanted, ran_on, status in placed:
+        if wanted == "CPU":  # only the 4 MiB node offers CPU: nothing fits there
+            assert status == "predicted-oom"
+        else:
+            assert ran_on == wanted and status == "ok"
+    # the same quality figures on both backends (here both are this CPU, so they agree exactly)
+    ppl = rows(con, "SELECT config, count(DISTINCT round(ppl, 9)) FROM quality GROUP BY config")
+    assert all(n == 1 for _, n in ppl)
+
+
+def test_a_node_lost_mid_sweep_loses_nothing(cluster, tmp_path):
+    c, _ = cluster
+    extra = c.add_node(**node_args("gpu-a", "CUDA", 16 * GiB))
+    c.wait_for_nodes()
+    path = tmp_path / "lose.toml"
+    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
+                    .replace('symmetric = ["f16", "q8_0", "q4_0"]', 'symmetric = ["f16", "q8_0", "q4_0", "q5_0", "iq4_nl"]')
+                    .replace("repetitions = 1", "repetitions = 3"))
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("r", run_sweep(
+        path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False))))
+    thread.start()
+    from kvsweep.orchestrator.sink import read_wal
+
+    def extra_has_worked() -> bool:
+        logs = list((tmp_path / "run" / "results" / "wal").glob("*.wal"))
+        attempts = (tmp_path / "run" / "results" / "attempts")
+        seen = [t.column("node_id")[0].as_py() for log in logs for t, _ in read_wal(log)]
+        if attempts.exists() and list(attempts.glob("*.parquet")):
+            seen += [r[0] for r in connect(tmp_path / "run").execute("SELECT node_id FROM attempts").fetchall()]
+        return extra.node_id in seen
+
+    deadline = time.monotonic() + 300
+    while not extra_has_worked():
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.2)
+    c.remove_node(extra)
+    thread.join(timeout=600)
+    result = out["r"]
+    con = connect(result.run_dir)
+    # every planned cell that can run (gpu-a, mac-b) has exactly one ok result
+    left = rows(con, "SELECT status, count(*) FROM cell_status WHERE host_class <> 'tiny-box' GROUP BY status")
+    assert left == [("ok", result.planned - 30)]  # tiny-box: 5 configs x 3 depths x 2 tests
+    assert rows(con, "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts WHERE status = 'ok' GROUP BY cell_id)") == [(1,)]
+    lost = rows(con, f"SELECT count(*) FROM attempts WHERE node_id = '{extra.node_id}' AND 'node-lost' = ANY(flags)")
+    assert lost[0][0] <= 1  # the cell that was running when the node went (if any) says so
