@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 
+def fmt_bytes(n: int) -> str:
+    """'24.0 GiB', '8.0 MiB': human sizes for tables and messages."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB"
+
+
 def cache_dir() -> Path:
     """$KVSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/kvsweep, else ~/.cache/kvsweep."""
     explicit = os.environ.get("KVSWEEP_CACHE_DIR")

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_BAD_INPUT
+    from kvsweep.orchestrator.fleet_cli import FleetError
     from kvsweep.orchestrator.matrix import MatrixError
     from kvsweep.orchestrator.run_dir import RunDirLocked
     from kvsweep.orchestrator.sweep import InputProblems
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirLocked as exc:
         print(f"kvsweep: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except FleetError as exc:
+        print(f"kvsweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("kvsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -87,6 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     sql = command("sql", "SQL over a run's results (DuckDB; no query: an interactive shell)", cmd_sql)
     sql.add_argument("run_dir", type=Path)
     sql.add_argument("query", nargs="?", help='e.g. "SELECT config, ppl, kld_mean FROM quality"')
+
+    head = command("head", "start the Ray head of a fleet (token auth, no dashboard, fixed ports)", cmd_head)
+    head.add_argument("--ip", help="the address to bind (default: this host's address on its default route)")
+    head.add_argument("--allow-public", action="store_true", help="allow a public address (see docs/fleet.md)")
+    head.add_argument("--with-worker", action="store_true", help="this host also runs cells")
+    head.add_argument("--host-class", default="", help="with --with-worker: this host's class name")
+    head.add_argument("--memory-limit", default="", help="with --with-worker: memory kvsweep may assume, e.g. 20GiB")
+
+    worker = sub.add_parser("worker", help="this host and the fleet: `kvsweep worker join`")
+    worker_sub = worker.add_subparsers(metavar="ACTION")
+    join = worker_sub.add_parser("join", help="probe this host and join a fleet's head as a worker")
+    join.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    join.set_defaults(func=cmd_worker_join)
+    join.add_argument("--address", required=True, help="the head, HEAD_IP:6379")
+    join.add_argument("--ip", help="this host's address as the head should reach it")
+    join.add_argument("--host-class", default="", help="name of this kind of host (default: backend-device)")
+    join.add_argument("--memory-limit", default="", help="memory kvsweep may assume, e.g. 20GiB (default: all)")
+    join.add_argument("--skip-pair-check", action="store_true", help="do not check which K/V pairs run")
+
+    workers = command("workers", "list the fleet's workers (or this host without --address)", cmd_workers)
+    workers.add_argument("--address", help="the head, HEAD_IP:6379")
 
     make = command("make-model", "write a tiny generated GGUF model (what the demo runs)", cmd_make_model)
     make.add_argument("out", type=Path)
@@ -155,21 +180,11 @@ def cmd_resume(args) -> int:
 
 
 def _print_dry_run(matrix_path: Path, address: str | None) -> int:
-    from kvsweep.orchestrator.plan import summarize
-    from kvsweep.orchestrator.sweep import dry_run, units_of
+    from kvsweep.orchestrator.plan_view import print_plan
+    from kvsweep.orchestrator.sweep import dry_run
 
-    matrix, cells, classes, problems = dry_run(matrix_path, address)
-    print(f"matrix {matrix.source} (sweep '{matrix.name}')")
-    print(f"configurations: {', '.join(k if k == v else f'{k}/{v}' for k, v in matrix.configs)}")
-    print(f"host classes:   {', '.join(classes)}" + ("" if address else " (this host; --address to plan for a fleet)"))
-    print(f"{len(cells)} cells in {len(units_of(cells, matrix))} work units:")
-    width = max((len(m) for m, _, _ in summarize(cells)), default=5)
-    for model, kind, n in summarize(cells):
-        print(f"  {model:<{width}}  {kind:<8} {n:>6}")
-    if problems:
-        print(f"\ncannot run yet: {len(problems)} problem(s):")
-        for problem in problems:
-            print(f"  - {problem}")
+    matrix, cells, view, preds, problems = dry_run(matrix_path, address)
+    print_plan(matrix, cells, view, preds, problems, address)
     return 0
 
 
@@ -194,6 +209,27 @@ def cmd_sql(args) -> int:
         run_query(args.run_dir, args.query)
     else:
         shell(args.run_dir)
+    return 0
+
+
+def cmd_head(args) -> int:
+    from kvsweep.orchestrator import fleet_cli
+
+    limit = fleet_cli.parse_size(args.memory_limit) if args.memory_limit else 0
+    return fleet_cli.start_head(args.ip, args.allow_public, args.with_worker, args.host_class, limit)
+
+
+def cmd_worker_join(args) -> int:
+    from kvsweep.orchestrator import fleet_cli
+
+    limit = fleet_cli.parse_size(args.memory_limit) if args.memory_limit else 0
+    return fleet_cli.join(args.address, args.ip, args.host_class, limit, not args.skip_pair_check)
+
+
+def cmd_workers(args) -> int:
+    from kvsweep.orchestrator import fleet_cli
+
+    fleet_cli.print_workers(fleet_cli.list_workers(args.address))
     return 0
 
 

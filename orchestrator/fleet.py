@@ -24,9 +24,24 @@ LABEL_MEMORY = "kvsweep_memory_bytes"
 
 
 def prepare_loopback_env() -> None:
-    """Must run before `import ray` for the embedded cluster to bind to 127.0.0.1 only."""
+    """Must run before `import ray` for a cluster on this host to bind to 127.0.0.1 only.
+
+    Only for loopback clusters: a driver joining a fleet on a real network must advertise its
+    own reachable address (workers stream results back to it)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls home
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -76,10 +91,35 @@ def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: 
 
 
 def connect(address: str) -> None:
-    prepare_loopback_env()
+    """Join an existing cluster as the driver.
+
+    Token authentication is assumed (RAY_AUTH_MODE=token, the token in ~/.ray/auth_token or
+    RAY_AUTH_TOKEN): `kvsweep head` fleets use it, and Ray 2.61 makes it the default for every
+    cluster. Ray reads the mode once per process, so it cannot be guessed by trying: for a
+    cluster started without token authentication, run with RAY_AUTH_MODE=disabled."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if _is_loopback(address):
+        prepare_loopback_env()
     import ray
 
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+
+
+def ensure_ray(address: str | None, n_workers: int = 1) -> bool:
+    """Join `address`, or start an embedded cluster, unless this process already has Ray.
+
+    Returns whether it started or joined one (then the caller shuts it down). The environment
+    Ray reads at import is set before Ray is first imported."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return False
+    if address:
+        connect(address)
+    else:
+        start_embedded(n_workers=n_workers)
+    return True
 
 
 def shutdown() -> None:
@@ -115,7 +155,8 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
     for node in worker_nodes():
         labels = node.get("Labels", {}) or {}
         memory_limit = int(labels.get(LABEL_MEMORY, 0) or 0)
-        for index in range(int(node["Resources"][WORKER_RESOURCE])):
+        count = int(node["Resources"][WORKER_RESOURCE])
+        for index in range(count):
             worker_id = f"{node['NodeID'][:8]}-{index}"
             if known and worker_id in known:
                 continue
@@ -126,10 +167,20 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
                 max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
             ).remote(worker_id, index, runner, fake_cell_seconds, n_threads, retry, fault_plan,
-                     memory_limit)
+                     memory_limit, labels.get(LABEL_BACKEND, ""), count)
             pending.append((actor, labels))
     slots = []
-    for (actor, labels), info in zip(pending, ray.get([a.describe.remote() for a, _ in pending])):
+    refs = [actor.describe.remote() for actor, _ in pending]
+    for (actor, labels), ref in zip(pending, refs):
+        try:
+            info = ray.get(ref, timeout=300)
+        except Exception as exc:  # e.g. its node is still starting, or just left
+            from loguru import logger
+
+            logger.warning(f"a worker could not start ({type(exc).__name__}); the fleet is "
+                           "looked at again every 10 s while the sweep runs")
+            ray.kill(actor)
+            continue
         slots.append(_slot(actor, labels, info))
     return slots
 

@@ -46,6 +46,7 @@ class Policy:
     replace_on_oom: bool = True
     skip_deeper_after_oom: bool = True
     max_contexts: int = 4
+    fleet_refresh_s: float = 10.0  # how often hosts that joined mid-sweep are looked for
 
 
 @dataclass
@@ -374,7 +375,7 @@ class Scheduler:
             ray.kill(flight.slot.actor, no_restart=False)
 
     def _maybe_refresh_fleet(self) -> None:
-        if self.refresh_fleet is None or time.monotonic() - self._last_refresh < 10:
+        if self.refresh_fleet is None or time.monotonic() - self._last_refresh < self.policy.fleet_refresh_s:
             return
         self._last_refresh = time.monotonic()
         new = self.refresh_fleet()

@@ -59,6 +59,7 @@ class RunOptions:
     progress: bool | None = None  # None: live display when stderr is a terminal
     report: bool = True
     flush_interval_s: float = 1.0
+    fleet_refresh_s: float = 10.0  # with --address: how often to look for hosts that joined
 
 
 def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
@@ -77,15 +78,9 @@ def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
 
 
 def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> SweepResult:
+    started_ray = fleet_mod.ensure_ray(opts.address, opts.n_workers)
     import ray
 
-    started_ray = False
-    if not ray.is_initialized():
-        if opts.address:
-            fleet_mod.connect(opts.address)
-        else:
-            fleet_mod.start_embedded(n_workers=opts.n_workers)
-        started_ray = True
     slots = []
     try:
         retry = RetryPolicy(matrix.retry.oom_retries, matrix.retry.oom_backoff_s)
@@ -121,7 +116,7 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
 
             predicted = memory_plan.predictions(cells)
             scheduler = Scheduler(
-                todo, slots, sink, manifest["run_id"], _policy(matrix), corpora,
+                todo, slots, sink, manifest["run_id"], _policy(matrix, opts), corpora,
                 attempts_so_far={k: h.attempts for k, h in history.items()},
                 on_event=progress.on_event, refresh_fleet=refresh, predicted=predicted,
             )
@@ -174,8 +169,9 @@ def _model_loads(slots) -> dict[str, int]:
     return out
 
 
-def _policy(matrix: Matrix) -> Policy:
+def _policy(matrix: Matrix, opts: RunOptions) -> Policy:
     return Policy(
+        fleet_refresh_s=opts.fleet_refresh_s,
         cell_timeout_s=matrix.runtime.cell_timeout_s,
         crash_retries=matrix.retry.crash_retries,
         replace_on_oom=matrix.retry.replace_on_oom,
@@ -184,29 +180,33 @@ def _policy(matrix: Matrix) -> Policy:
     )
 
 
-def dry_run(matrix_path: str | Path, address: str | None = None) -> tuple[Matrix, list[Cell], list[str], list[str]]:
-    """The plan without running it: (matrix, cells, host classes, problems)."""
+@dataclass
+class FleetView:
+    """What a dry run knows of the fleet: host classes, backends, memory (no actors started)."""
+
+    host_classes: list[str]
+    backends: list[str]
+    slots: list  # objects with host_class, backend, memory_total (for the memory planner)
+
+
+def fleet_view(address: str | None) -> FleetView:
+    from types import SimpleNamespace
+
+    from kvsweep.orchestrator.fleet_cli import list_workers
+
+    rows = list_workers(address)
+    slots = [SimpleNamespace(host_class=r.host_class, backend=r.backend, memory_total=r.memory)
+             for r in rows for _ in range(r.devices)]
+    return FleetView(sorted({r.host_class for r in rows}), sorted({r.backend for r in rows}), slots)
+
+
+def dry_run(matrix_path: str | Path, address: str | None = None):
+    """The plan without running it: (matrix, cells, fleet view, predictions, problems)."""
     matrix = load_matrix(matrix_path)
     inputs = resolve_inputs(matrix)
-    if address:
-        fleet_mod.connect(address)
-        try:
-            slots = fleet_mod.create_slots(runner="fake")
-            classes = sorted({s.host_class for s in slots})
-            backends = sorted({s.backend for s in slots})
-            import ray
-
-            for s in slots:
-                ray.kill(s.actor)
-        finally:
-            fleet_mod.shutdown()
-    else:
-        from kvsweep.workers.probe import probe_host
-
-        probe = probe_host()
-        classes, backends = [probe.default_host_class()], [probe.primary_backend]
-    cells = expand(matrix, inputs, classes, backends)
-    return matrix, cells, classes, inputs.problems
+    view = fleet_view(address)
+    cells = expand(matrix, inputs, view.host_classes, view.backends)
+    return matrix, cells, view, memory_plan.predictions(cells), inputs.problems
 
 
 def units_of(cells: list[Cell], matrix: Matrix):

@@ -14,7 +14,10 @@ import pytest
 
 from kvsweep.orchestrator.fleet import prepare_loopback_env
 
-prepare_loopback_env()  # before anything imports Ray: every test cluster binds to 127.0.0.1
+# before anything imports Ray (it reads both once per process): every test cluster binds to
+# 127.0.0.1, and uses token authentication as kvsweep fleets do
+prepare_loopback_env()
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"

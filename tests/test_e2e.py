@@ -94,3 +94,19 @@ def test_sql_and_status_commands(small_run):
     assert "q4_0" in out.stdout and "kld" in out.stdout
     status = kvsweep("status", result.run_dir)
     assert status.returncode == 0 and "by status:" in status.stdout and "ok" in status.stdout
+
+
+def test_the_embedded_cluster_listens_on_loopback_only(ray_local):
+    import subprocess
+
+    import ray
+
+    node = ray.nodes()[0]
+    gcs_port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    ports = {str(node["NodeManagerPort"]), str(node["ObjectManagerPort"]), gcs_port}
+    ss = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+    ours = [line.split()[3] for line in ss.splitlines()[1:] if line.split()[3].rsplit(":", 1)[1] in ports]
+    assert len(ours) >= 3, ss
+    loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+    assert [a for a in ours if not a.startswith(loopback)] == []
+    assert node["NodeManagerAddress"] == "127.0.0.1"

@@ -207,3 +207,26 @@ def test_a_node_lost_mid_sweep_loses_nothing(cluster, tmp_path):
     assert rows(con, "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts WHERE status = 'ok' GROUP BY cell_id)") == [(1,)]
     lost = rows(con, f"SELECT count(*) FROM attempts WHERE node_id = '{extra.node_id}' AND 'node-lost' = ANY(flags)")
     assert lost[0][0] <= 1  # the cell that was running when the node went (if any) says so
+
+
+def test_a_node_that_joins_mid_sweep_gets_work(cluster, tmp_path):
+    c, _ = cluster
+    path = tmp_path / "join.toml"
+    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
+                    .replace('symmetric = ["f16", "q8_0", "q4_0"]', 'symmetric = ["f16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1"]')
+                    .replace("repetitions = 1", "repetitions = 4"))
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("r", run_sweep(
+        path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False,
+                         fleet_refresh_s=1.0))))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run" / "results" / "wal").glob("*.wal")):  # the sweep is running
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.1)
+    late = c.add_node(**node_args("gpu-a", "CUDA", 16 * GiB))
+    thread.join(timeout=900)
+    con = connect(out["r"].run_dir)
+    assert rows(con, f"SELECT count(*) > 0 FROM attempts WHERE node_id = '{late.node_id}'") == [(True,)]
+    assert rows(con, "SELECT count(*) FROM cell_status WHERE status = 'missing'") == [(0,)]
+    c.remove_node(late)

@@ -137,3 +137,42 @@ def test_runner_streams_progress_then_results(tiny_model):
     assert kinds == ["Progress", "Progress", "Finished", "Finished"]
     assert all(isinstance(e, Progress) for e in events[:2])
     assert events[2].outcome.facts["model_type"].startswith("llama")
+
+
+@pytest.fixture(scope="module")
+def hybrid(_private_cache):
+    from kvsweep.workers.generated_models import ModelRecipe, cached_model
+
+    path = cached_model(ModelRecipe(arch="qwen35", n_layer=8))
+    m = Model(str(path))
+    yield path, m
+    m.close()
+
+
+def test_qwen35_hybrid_quality_orders_cache_types(hybrid):
+    """The architecture of the seeds (Qwen3.5/3.6: gated delta-net + full attention every 4th
+    layer): only 2 of 8 layers keep a KV cache, and cache types still separate."""
+    path, m = hybrid
+    tokens = m.tokenize(DEMO_CORPUS.read_text())
+    cells = quality_cells(path, [("f32", "f32"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")])
+    _, outcomes = drain(run_quality_group(m, cells, tokens, 2, Reducer(m.info.n_vocab)))
+    kld = {o.cell_id: o.metrics["kld_mean"] for o in outcomes}
+    f32, f16, q8, q4 = (kld[c.cell_id] for c in cells)
+    assert f32 == 0 and f16 <= q8 < q4
+    assert all(o.status == records.OK for o in outcomes)
+    # KV for 2 layers only: a quarter of what a dense 8-layer model of this width would hold
+    q8_outcome = next(o for o in outcomes if o.cell_id == cells[2].cell_id)
+    # (llama.cpp logs the size in MiB with 2 decimals: 0.13 MiB here)
+    assert q8_outcome.facts["kv_bytes"] == pytest.approx(2 * 2 * 256 * (2 * 64) * 8.5 / 8, rel=0.05)
+
+
+def test_qwen35_hybrid_speed_reuses_the_saved_state(hybrid):
+    path, m = hybrid
+    sha = file_sha256(path)
+    cache = DepthStateCache()
+    common = dict(model_name="q35", model_path=str(path), model_sha256=sha, type_k="q8_0",
+                  type_v="q8_0", n_depth=256, repetitions=2, n_batch=64, n_ubatch=64, host_class="x")
+    pp = run_speed_cell(m, Cell(kind="pp", n_prompt=32, **common), 2, cache)
+    tg = run_speed_cell(m, Cell(kind="tg", n_gen=8, **common), 2, cache)
+    assert pp.status == tg.status == records.OK
+    assert len(cache.state) > 0 and all(t > 0 for t in tg.metrics["samples_ns"])

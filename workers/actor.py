@@ -19,11 +19,28 @@ from kvsweep.workers.runner import RetryPolicy, UnitRunner
 from kvsweep.workers.worker_log import WorkerLog
 
 
+# Environment variables that make one device visible to llama.cpp's backend, by backend.
+_VISIBLE_DEVICES = {"CUDA": "CUDA_VISIBLE_DEVICES", "Vulkan": "GGML_VK_VISIBLE_DEVICES",
+                    "ROCm": "HIP_VISIBLE_DEVICES", "HIP": "HIP_VISIBLE_DEVICES"}
+
+
+def pin_device(backend: str, index: int, count: int) -> None:
+    """On a host with several devices, this worker sees only its own (one actor per device).
+
+    Must run before llama.cpp initializes its backend in this process."""
+    var = _VISIBLE_DEVICES.get(backend)
+    if var and count > 1:
+        visible = os.environ.get(var)
+        ids = visible.split(",") if visible else [str(i) for i in range(count)]
+        os.environ[var] = ids[index] if index < len(ids) else str(index)
+
+
 class DeviceWorker:
     def __init__(self, worker_id: str, device_index: int = 0, runner: str = "llama",
                  fake_cell_seconds: float = 0.0, n_threads: int = 0,
                  retry: RetryPolicy | None = None, fault_plan: list[dict] | None = None,
-                 memory_limit: int = 0):
+                 memory_limit: int = 0, backend: str = "", device_count: int = 1):
+        pin_device(backend, device_index, device_count)
         self.worker_id = worker_id
         self.device_index = device_index
         self.log = WorkerLog(worker_id, redirect_stderr=runner != "fake")
@@ -48,7 +65,8 @@ class DeviceWorker:
         probe = refresh_memory(probe_host()) if self.runner_kind != "fake" else probe_host()
         return {
             "worker_id": self.worker_id,
-            "device_index": self.device_index,
+            # after pinning, this worker's device is the first one it sees
+            "device_index": 0 if len(probe.gpu_devices) == 1 else self.device_index,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "hostname": socket.gethostname(),

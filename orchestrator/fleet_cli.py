@@ -1,0 +1,324 @@
+"""`kvsweep head`, `kvsweep worker join`, `kvsweep workers`: building and listing a fleet.
+
+A fleet is a Ray cluster: one head (any host; it needs no GPU) and worker hosts that join it.
+Both sides run `ray start` with the settings a benchmark fleet wants, so the commands stay
+short and the security defaults stay on:
+
+- token authentication on (RAY_AUTH_MODE=token; every host needs the head's token, which
+  Ray keeps in ~/.ray/auth_token), no dashboard, no usage statistics sent anywhere;
+- fixed ports (see PORTS), so a firewall can allow exactly those between fleet hosts;
+- a head bound to a public address is refused unless --allow-public (Ray's token is not
+  encrypted: a fleet belongs on a private network, a VPN such as WireGuard/Tailscale, or SSH
+  tunnels; docs/fleet.md).
+
+A worker host is probed first (backends, devices, memory, llama.cpp build, which K/V pairs
+run with flash attention: workers/capabilities.py), then advertises what it has: the custom
+resource `kvsweep_worker` (one per device) and labels for host class, backend and memory.
+The probe is also published in Ray's key-value store for `kvsweep workers`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from kvsweep.paths import fmt_bytes
+from kvsweep.orchestrator.fleet import LABEL_BACKEND, LABEL_HOST_CLASS, LABEL_MEMORY, WORKER_RESOURCE
+
+# Fixed ports so a firewall can allow exactly these between fleet hosts (TCP).
+PORTS = {
+    "--port": 6379,  # head only: the GCS, where hosts join
+    "--node-manager-port": 6380,
+    "--object-manager-port": 6381,
+    "--runtime-env-agent-port": 6382,
+    "--dashboard-agent-grpc-port": 6383,
+    "--dashboard-agent-listen-port": 6384,
+    "--metrics-export-port": 6385,
+    "--min-worker-port": 10002,
+    "--max-worker-port": 10100,
+}
+_LABEL_VALUE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?")
+KV_PREFIX = "kvsweep:host:"
+
+
+class FleetError(RuntimeError):
+    pass
+
+
+def is_public(ip: str) -> bool:
+    """True for addresses routable on the internet (not private, loopback, CGNAT, link-local)."""
+    return ipaddress.ip_address(ip).is_global
+
+
+def local_ip() -> str:
+    """This host's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def check_label(name: str, value: str) -> str:
+    if not _LABEL_VALUE.fullmatch(value):
+        raise FleetError(f"{name} {value!r} cannot be a Ray node label: use up to 63 letters, digits, "
+                         "'-', '_' or '.', starting and ending with a letter or digit")
+    return value
+
+
+def _ray_env(ip: str = "") -> dict:
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    if ip and ipaddress.ip_address(ip).is_loopback:
+        # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+def _port_args(head: bool) -> list[str]:
+    return [f"{flag}={port}" for flag, port in PORTS.items() if head or flag != "--port"]
+
+
+def head_command(ip: str, with_worker: int = 0, labels: dict | None = None) -> list[str]:
+    cmd = ["ray", "start", "--head", f"--node-ip-address={ip}", "--include-dashboard=false",
+           "--disable-usage-stats", f"--num-cpus={with_worker}", *_port_args(head=True)]
+    if with_worker:
+        cmd += [f"--resources={json.dumps({WORKER_RESOURCE: with_worker})}"]
+        if labels:
+            cmd += ["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())]
+    return cmd
+
+
+def join_command(address: str, ip: str, devices: int, labels: dict) -> list[str]:
+    return ["ray", "start", f"--address={address}", f"--node-ip-address={ip}",
+            f"--num-cpus={devices}", f"--resources={json.dumps({WORKER_RESOURCE: devices})}",
+            "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
+            "--disable-usage-stats", *_port_args(head=False)]
+
+
+def ensure_token() -> str:
+    """Ray's token (~/.ray/auth_token), generated on first use."""
+    out = subprocess.run(["ray", "get-auth-token", "--generate"], capture_output=True, text=True,
+                         env=_ray_env())
+    if out.returncode != 0:
+        raise FleetError(f"ray get-auth-token failed: {out.stderr.strip()}")
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+@dataclass
+class HostAdvert:
+    """What a worker host advertises, from its probe."""
+
+    host_class: str
+    backend: str
+    devices: int
+    memory: int
+    probe: dict
+    capabilities: dict
+
+    def labels(self) -> dict[str, str]:
+        return {LABEL_HOST_CLASS: self.host_class, LABEL_BACKEND: self.backend, LABEL_MEMORY: str(self.memory)}
+
+
+def advertise(host_class: str = "", memory_limit: int = 0, check_pairs: bool = True) -> HostAdvert:
+    from kvsweep.workers.probe import probe_host
+
+    probe = probe_host()
+    gpus = probe.gpu_devices
+    memory = gpus[0].memory_total if gpus else probe.ram_total
+    if memory_limit:
+        memory = min(memory, memory_limit)
+    capabilities = {}
+    if check_pairs:
+        from kvsweep.workers.capabilities import host_capabilities
+
+        capabilities = host_capabilities()
+    cls = host_class or probe.default_host_class()[:63].rstrip("-")
+    return HostAdvert(
+        host_class=check_label("host class", cls),
+        backend=check_label("backend", probe.primary_backend),
+        devices=max(1, len(gpus)),
+        memory=memory,
+        probe=probe.to_dict(),
+        capabilities=capabilities,
+    )
+
+
+def start_head(ip: str | None, allow_public: bool, with_worker: bool, host_class: str,
+               memory_limit: int, run=subprocess.run, out=print) -> int:
+    ip = ip or local_ip()
+    if is_public(ip):
+        if not allow_public:
+            raise FleetError(
+                f"{ip} is a public address: Ray's token travels unencrypted, so anyone who can reach "
+                "these ports could run code on every host. Bind to a private address (--ip), a VPN "
+                "(WireGuard, Tailscale) or an SSH tunnel; --allow-public if you really mean it")
+        out(f"WARNING: binding the head to the public address {ip}; see docs/fleet.md")
+    token = ensure_token()
+    advert = advertise(host_class, memory_limit) if with_worker else None
+    cmd = head_command(ip, advert.devices if advert else 0, advert.labels() if advert else None)
+    done = run(cmd, env=_ray_env(ip))
+    if done.returncode != 0:
+        return done.returncode
+    address = f"{ip}:{PORTS['--port']}"
+    if advert:
+        publish(address, advert)
+    out(f"\nkvsweep head is up at {address} (token authentication on, no dashboard).")
+    out("On each worker host (same kvsweep and llama-cpp-python build for its backend):")
+    out(f"  1. copy the token: it is in ~/.ray/auth_token here ({len(token)} characters); put it in")
+    out("     ~/.ray/auth_token there, or export RAY_AUTH_TOKEN=... before joining")
+    out(f"  2. kvsweep worker join --address {address}")
+    out("Allow TCP between fleet hosts only, on ports "
+        f"{PORTS['--port']}-{PORTS['--metrics-export-port']} and "
+        f"{PORTS['--min-worker-port']}-{PORTS['--max-worker-port']}.")
+    out(f"Then: kvsweep workers --address {address}   and   kvsweep run MATRIX --address {address}")
+    return 0
+
+
+def join(address: str, ip: str | None, host_class: str, memory_limit: int, check_pairs: bool,
+         run=subprocess.run, out=print) -> int:
+    head_ip = address.rsplit(":", 1)[0]
+    ip = ip or local_ip()
+    advert = advertise(host_class, memory_limit, check_pairs)
+    if advert.capabilities:
+        from kvsweep.workers.capabilities import summary
+
+        out(f"cache pairs with flash attention on {advert.backend}: {summary(advert.capabilities)}")
+    if is_public(head_ip):
+        out(f"WARNING: the head {head_ip} is a public address; see docs/fleet.md")
+    done = run(join_command(address, ip, advert.devices, advert.labels()), env=_ray_env(ip))
+    if done.returncode != 0:
+        return done.returncode
+    publish(address, advert)
+    out(f"joined {address} as host class '{advert.host_class}' ({advert.backend}, "
+        f"{advert.devices} device(s), {advert.memory / 2**30:.1f} GiB)")
+    return 0
+
+
+def publish(address: str, advert: HostAdvert) -> None:
+    """Put this host's probe into Ray's key-value store, for `kvsweep workers`."""
+    from kvsweep.orchestrator.fleet import connect
+
+    connect(address)
+    import ray
+    from ray.experimental import internal_kv
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        payload = {"probe": advert.probe, "capabilities": advert.capabilities,
+                   "host_class": advert.host_class}
+        internal_kv._internal_kv_put(KV_PREFIX + node_id, json.dumps(payload), overwrite=True)
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class NodeRow:
+    node_id: str
+    address: str
+    host: str
+    host_class: str
+    backend: str
+    devices: int
+    busy: int
+    memory: int
+    device_name: str
+    build: str
+    pairs: str
+
+
+def list_workers(address: str | None) -> list[NodeRow]:
+    """The fleet's worker nodes (labels, resources and published probes; no actors started)."""
+    if address is None:
+        return [_local_row()]
+    from kvsweep.orchestrator.fleet import ensure_ray
+    from kvsweep.workers.capabilities import summary
+
+    started = ensure_ray(address)
+    import ray
+    from ray.experimental import internal_kv
+
+    try:
+        rows = []
+        for node in ray.nodes():
+            total = node.get("Resources", {}).get(WORKER_RESOURCE)
+            if not node.get("Alive") or not total:
+                continue
+            labels = node.get("Labels", {}) or {}
+            raw = internal_kv._internal_kv_get(KV_PREFIX + node["NodeID"])
+            info = json.loads(raw) if raw else {}
+            probe = info.get("probe", {})
+            gpus = [d for d in probe.get("devices", []) if d.get("kind") != "cpu"]
+            rows.append(NodeRow(
+                node_id=node["NodeID"][:8],
+                address=node.get("NodeManagerAddress", ""),
+                host=probe.get("host", node.get("NodeManagerHostname", "")),
+                host_class=labels.get(LABEL_HOST_CLASS, "(probed when a sweep starts)"),
+                backend=labels.get(LABEL_BACKEND, "?"),
+                devices=int(total),
+                busy=int(total - _available(node["NodeID"])),
+                memory=int(labels.get(LABEL_MEMORY, 0) or 0),
+                device_name=(gpus[0]["description"] if gpus else probe.get("cpu_info", "?")),
+                build=probe.get("build_commit", "?"),
+                pairs=summary(info["capabilities"]) if info.get("capabilities") else "not checked",
+            ))
+        return rows
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _available(node_id: str) -> float:
+    # Ray has no public per-node view of available resources; this module-level helper of
+    # ray._private.state is the one `ray status` itself relies on
+    from ray._private.state import available_resources_per_node
+
+    return available_resources_per_node().get(node_id, {}).get(WORKER_RESOURCE, 0.0)
+
+
+def _local_row() -> NodeRow:
+    advert = advertise(check_pairs=True)
+    from kvsweep.workers.capabilities import summary
+
+    probe = advert.probe
+    gpus = [d for d in probe["devices"] if d["kind"] != "cpu"]
+    return NodeRow(node_id="(local)", address="127.0.0.1", host=probe["host"],
+                   host_class=advert.host_class, backend=advert.backend, devices=advert.devices,
+                   busy=0, memory=advert.memory,
+                   device_name=gpus[0]["description"] if gpus else probe["cpu_info"],
+                   build=probe["build_commit"], pairs=summary(advert.capabilities))
+
+
+def print_workers(rows: list[NodeRow], out=print) -> None:
+    header = ["node", "address", "host", "host class", "backend", "devices", "busy", "memory",
+              "device", "llama.cpp", "K/V pairs (flash attention)"]
+    table = [[r.node_id, r.address, r.host, r.host_class, r.backend, str(r.devices), str(r.busy),
+              fmt_bytes(r.memory) if r.memory else "?", r.device_name, r.build, r.pairs]
+             for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    out("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in table:
+        out("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    if not table:
+        out("(no kvsweep workers: join hosts with `kvsweep worker join --address HEAD:PORT`)")
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '24G', '512MiB', '1073741824' -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise FleetError(f"cannot read {text!r} as a size: write e.g. 24GiB or 512MiB")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+if __name__ == "__main__":  # pragma: no cover - debugging aid
+    print_workers(list_workers(sys.argv[1] if len(sys.argv) > 1 else None))

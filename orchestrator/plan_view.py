@@ -1,0 +1,73 @@
+"""What `kvsweep run --dry-run` prints: the plan, the fleet it is for, what fits where, and
+which input files are missing."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from kvsweep.cache_types import config_label
+from kvsweep.cells import QUALITY
+from kvsweep.orchestrator.memory_plan import eligible, fits
+from kvsweep.orchestrator.plan import make_units, summarize
+from kvsweep.paths import fmt_bytes
+
+
+def fmt_depth(depth: int) -> str:
+    return f"{depth // 1024}K" if depth >= 1024 and depth % 1024 == 0 else str(depth)
+
+
+def print_plan(matrix, cells, view, preds, problems, address, out=print) -> None:
+    out(f"matrix {matrix.source} (sweep '{matrix.name}')")
+    out(f"configurations: {', '.join(config_label(k, v) for k, v in matrix.configs)}")
+    by_class = defaultdict(list)
+    for slot in view.slots:
+        by_class[slot.host_class].append(slot)
+    classes = ", ".join(
+        f"{c} ({len(s)} worker{'s' if len(s) > 1 else ''}, "
+        + "/".join(sorted({fmt_bytes(x.memory_total) for x in s})) + ")"
+        for c, s in sorted(by_class.items()))
+    out(f"host classes:   {classes or '(none)'}" + ("" if address else " (this host; --address to plan for a fleet)"))
+    units = make_units(cells, matrix.quality.max_contexts if matrix.quality else 4)
+    out(f"{len(cells)} cells in {len(units)} work units:")
+    width = max((len(m) for m, _, _ in summarize(cells)), default=5)
+    for model, kind, n in summarize(cells):
+        out(f"  {model:<{width}}  {kind:<8} {n:>6}")
+    _print_memory(cells, view, preds, out)
+    if problems:
+        out(f"\ncannot run yet: {len(problems)} problem(s):")
+        for problem in problems:
+            out(f"  - {problem}")
+
+
+def _print_memory(cells, view, preds, out) -> None:
+    speed = [c for c in cells if c.kind != QUALITY and c.cell_id in preds]
+    if not speed and not preds:
+        out("\nmemory: not predicted (the model files are not on this host)")
+        return
+    for model in sorted({c.model_name for c in speed}):
+        mine = [c for c in speed if c.model_name == model]
+        depths = sorted({c.n_depth for c in mine})
+        # the larger of pp and tg per (configuration, depth): what must fit
+        need: dict[tuple, int] = {}
+        for c in mine:
+            key = (config_label(c.type_k, c.type_v), c.n_depth)
+            need[key] = max(need.get(key, 0), preds[c.cell_id].total)
+        weights = preds[mine[0].cell_id].weights
+        out(f"\npredicted memory, GiB (weights {weights / 2**30:.2f} + KV cache + buffers): {model}")
+        configs = list(dict.fromkeys(k for k, _ in need))
+        cw = max(len(c) for c in configs + ["config"])
+        out("  " + "config".ljust(cw) + "".join(f"{fmt_depth(d):>9}" for d in depths))
+        for config in configs:
+            out("  " + config.ljust(cw) + "".join(f"{need[(config, d)] / 2**30:>9.2f}" for d in depths))
+    out("\nfits (cells predicted to fit on at least one eligible worker):")
+    for host_class in sorted({s.host_class for s in view.slots}):
+        mine = [c for c in cells if c.cell_id in preds and c.host_class == host_class]
+        slots = [s for s in view.slots if s.host_class == host_class]
+        ok = [c for c in mine if any(fits(preds[c.cell_id], s.memory_total, s.backend) for s in slots)]
+        out(f"  {host_class}: {len(ok)} of {len(mine)} speed cells"
+            + ("" if len(ok) == len(mine) else f" ({len(mine) - len(ok)} recorded as predicted-oom, not tried)"))
+    quality = [c for c in cells if c.kind == QUALITY and c.cell_id in preds]
+    if quality:
+        ok = [c for c in quality if any(eligible(c, s) and fits(preds[c.cell_id], s.memory_total, s.backend)
+                                        for s in view.slots)]
+        out(f"  quality (any eligible worker): {len(ok)} of {len(quality)} cells")
