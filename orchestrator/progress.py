@@ -24,6 +24,7 @@ class ProgressView:
         self.done = Counter()  # status -> count, this session
         self.per_host: dict[str, Counter] = defaultdict(Counter)
         self.running: dict[str, str] = {}  # worker -> what it runs
+        self.worker_host: dict[str, str] = {}  # worker -> its host, to count running per host
         self.live_mode = sys.stderr.isatty() if live is None else live
         self._live = None
         self._last_log = 0.0
@@ -31,6 +32,8 @@ class ProgressView:
     # -- events from the scheduler ---------------------------------------------------------
     def on_event(self, kind: str, slot, payload) -> None:
         host = slot.host if slot is not None else "-"
+        if slot is not None:
+            self.worker_host[slot.worker_id] = host
         if kind == "dispatched":
             unit = payload
             self.running[slot.worker_id] = f"{unit.kind} x{len(unit.cells)} ({unit.cells[0].model_name})"
@@ -78,13 +81,16 @@ class ProgressView:
 
         t = Table(title=self.line(), title_justify="left")
         for col in ("host", "ok", "failed", "skipped", "running"):
-            t.add_column(col)
-        for host in sorted(self.per_host):
+            t.add_column(col, justify="left" if col in ("host", "running") else "right")
+        running_per_host = Counter(self.worker_host.get(w, "-") for w in self.running)
+        for host in sorted(set(self.per_host) | set(running_per_host)):
             c = self.per_host[host]
             failed = sum(v for k, v in c.items() if k not in (records.OK, records.SKIPPED))
-            t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]), "")
-        for worker, what in sorted(self.running.items()):
-            t.add_row(f"  {worker}", "", "", "", what)
+            t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]),
+                      f"{running_per_host[host]} worker(s)" if running_per_host[host] else "")
+            for worker, what in sorted(self.running.items()):
+                if self.worker_host.get(worker, "-") == host:
+                    t.add_row(f"  {worker}", "", "", "", what)
         return t
 
     def start(self) -> None:
