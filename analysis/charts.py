@@ -32,7 +32,7 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
 FAIL_MARKER = "x"
 DPI = 100
-SIZE = (6.4, 3.8)  # inches: 640 x 380 px, two side by side in the HTML page
+SIZE = (6.4, 4.0)  # inches: 640 x 400 px, two side by side in the HTML page
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,14 @@ def _depth_axis(ax, depths: list[int]) -> None:
         ax.set_xlim(lo - (nonzero[0] * 0.25 if nonzero and lo == 0 else pad), hi * 1.25 if hi else 1)
 
 
+def _legend_below(ax) -> None:
+    """One row of configurations under the plot: it never hides a line."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=8, ncol=min(len(labels), 6), loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.4, columnspacing=1.2)
+
+
 def _fail_marks(ax, xs: list[int], style: Style, y: float | None = None) -> None:
     """Depths that did not run mark the bottom of the plot (or the given y) with an x."""
     if not xs:
@@ -131,7 +139,7 @@ def speed_vs_depth(kind: str, test: str, model: str, host_class: str, rows: list
     title = f"{what} ({test}) vs depth: {model} on {host_class}"
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="best")
+    _legend_below(ax)
     fig.tight_layout()
     caption = (f"{what} speed by depth, log axes; error bars are ± the standard deviation over "
                "repetitions (a lower bar longer than 90% of the value is cut there)." + (" x at the bottom: that depth did not run (OOM, skipped or failed)."
@@ -181,7 +189,7 @@ def memory_vs_depth(model: str, host_class: str, rows: list[dict], hosts: list[d
     title = f"Memory at depth: {model} on {host_class}"
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="center right")
+    _legend_below(ax)
     fig.tight_layout()
     caption = (f"Memory by depth: {which}. Dashed red: each host's memory limit."
                + (" x on the limit line: that depth did not fit." if failed_any else ""))
@@ -232,7 +240,8 @@ def kl_vs_bits(model: str, n_ctx: int, baseline: str, rows: list[dict], budgets:
     xs = [r["bits_per_value"] for r in drawn]
     if xs:
         ax.set_xlim(min(xs) - 1.5, max(xs) + 4)
-    ax.set_ylim(bottom=0)
+    # room above the highest point for its label
+    ax.set_ylim(0, max(positive) * 4 if positive else 1)
     title = f"Quality vs storage: {model}, n_ctx {n_ctx}"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)

@@ -51,7 +51,8 @@ class Notes:
         return out
 
 
-def _fastest_text(r: dict, deepest_planned: int | None, test: str, lowest: dict | None, notes: Notes) -> str:
+def _fastest_text(r: dict, deepest_planned: int | None, test: str, lowest: dict | None, notes: Notes,
+                  in_speed_sweep: set[str]) -> str:
     budget = r["budget"]
     candidates, ran = list(r["candidates"] or []), list(r["ran_tg"] or [])
     if not candidates:
@@ -64,7 +65,11 @@ def _fastest_text(r: dict, deepest_planned: int | None, test: str, lowest: dict 
     if r["config"] is None:
         notes.add(budget, f"the candidates' {test} results share no depth, so none compares.")
         return "no common depth"
-    not_run = [c for c in candidates if c not in ran]
+    not_planned = [c for c in candidates if c not in ran and c not in in_speed_sweep]
+    not_run = [c for c in candidates if c not in ran and c in in_speed_sweep]
+    if not_planned:
+        notes.add(budget, f"{join_names(not_planned)}: not in the speed sweep on this host class "
+                          "(a quality reference only).")
     if not_run:
         notes.add(budget, f"{join_names(not_run)}: no trusted {test} result on this host class, "
                           "so not compared for speed.")
@@ -98,8 +103,10 @@ def _context_text(r: dict, notes: Notes) -> str:
         notes.add(budget, f"{depth} is the deepest depth this sweep measured: the real ceiling is "
                           "higher (add deeper depths to find it).")
     if r["tied_with"]:
-        why = (f"{r['config']} uses the least memory there ({fmt_bytes(r['memory_bytes'])})"
-               if r["memory_bytes"] is not None else f"{r['config']} has the lowest mean KL")
+        if r["memory_bytes"] is None or r["memory_tie"]:
+            why = f"{r['config']} has the lowest mean KL of those using the least memory there"
+        else:
+            why = f"{r['config']} uses the least memory there ({fmt_bytes(r['memory_bytes'])})"
         verb = "fits" if len(r["tied_with"]) == 1 else "fit"
         notes.add(budget, f"{join_names(r['tied_with'])} also {verb} {depth}; {why}.")
         text += f" ({join_names(r['tied_with'])} {verb} too)"
@@ -114,10 +121,12 @@ def _nothing_qualifies(lowest: dict | None) -> str:
 
 
 def section(fastest: list[dict], context: list[dict], quality: list[dict], untrusted: list[dict],
-            failed_quality: list[dict], budgets, tests: dict[str, str]) -> list[Block]:
+            failed_quality: list[dict], budgets, tests: dict[str, str],
+            speed_configs: dict[tuple[str, str], set[str]]) -> list[Block]:
     """fastest/context: recommend_fastest/recommend_context rows; quality: config_quality rows;
     untrusted: untrusted rows; failed_quality: quality cells with no ok result (cell_status);
-    tests: model -> the tg test's name (tg128)."""
+    tests: model -> the tg test's name (tg128); speed_configs: (model, host class) -> the
+    configurations with planned speed cells there."""
     out: list[Block] = [Heading("Recommendations", 2), Paragraph(RULES), Paragraph(budget_line(budgets))]
     by_key = {(r["model_name"], r["host_class"], r["budget"]): r for r in context}
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -137,7 +146,8 @@ def section(fastest: list[dict], context: list[dict], quality: list[dict], untru
             table.append([
                 fmt_budget(r["budget"], r["max_kld"]),
                 join_names(r["candidates"] or []) or "none",
-                _fastest_text(r, c["deepest_planned"], test, lowest, notes),
+                _fastest_text(r, c["deepest_planned"], test, lowest, notes,
+                              speed_configs.get((model, host_class), set())),
                 _context_text(c, notes),
             ])
         out.append(Heading(f"{model} on {host_class}", 3))

@@ -63,17 +63,18 @@ def header_section(con, run_dir: Path) -> list[Block]:
     total = sum(status.values())
     builds = con.execute("SELECT DISTINCT build_commit, llama_cpp_python_version, backends FROM results WHERE build_commit IS NOT NULL").fetchall()
     hosts = con.execute("SELECT DISTINCT host, host_class, device_name, device_memory_total FROM results WHERE host IS NOT NULL ORDER BY host").fetchall()
+    cells = (f"Cells: {total} planned; " + ", ".join(f"{n} {s}" for s, n in status.items()) + "."
+             if total else "No cells planned yet.")
     lines = [
         f"Run `{manifest.get('run_id', '')[:12]}`, {len(manifest.get('sessions', []))} session(s), "
-        f"report written {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
-        f"Cells: {total} planned; " + ", ".join(f"{n} {s}" for s, n in status.items()) + ".",
+        f"report written {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. {cells}",
     ]
     for commit, version, backends in builds:
         lines.append(f"llama.cpp build `{commit}` (llama-cpp-python {version}), backends {backends}.")
     for host, host_class, device, memory in hosts:
         lines.append(f"Host `{host}`: class `{host_class}`, device {device}, memory {fmt_bytes(memory)}.")
-    return [Heading(f"kvsweep report: {run_dir.name}", 1), Paragraph(" ".join(lines[:1])),
-            Bullets(lines[1:]) if len(lines) > 1 else Paragraph("")]
+    return [Heading(f"kvsweep report: {run_dir.name}", 1), Paragraph(lines[0])] + (
+        [Bullets(lines[1:])] if len(lines) > 1 else [])
 
 
 def recommendations_section(con, budgets, tests) -> list[Block]:
@@ -86,7 +87,16 @@ def recommendations_section(con, budgets, tests) -> list[Block]:
         _rows(con, "SELECT * FROM untrusted ORDER BY kind, model_name, config, n_ctx, n_depth"),
         failed_quality, budgets,
         {m: t for (m, k), t in tests.items() if k == "tg"},
+        _speed_configs(con),
     )
+
+
+def _speed_configs(con) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for model, host_class, config in con.execute(
+            "SELECT DISTINCT model_name, host_class, config FROM plan WHERE kind IN ('pp', 'tg')").fetchall():
+        out[(model, host_class)].add(config)
+    return out
 
 
 def quality_section(con, order: list[str], style, budgets, chart_list: list[charts.Chart]) -> list[Block]:

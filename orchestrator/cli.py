@@ -207,8 +207,8 @@ def cmd_report(args) -> int:
 
         try:
             shot = take(files.html, files.html.with_suffix(".png"))
-        except NoBrowser as exc:
-            print(f"kvsweep: {exc}", file=sys.stderr)
+        except (NoBrowser, RuntimeError) as exc:  # no browser, or it failed: the report stands
+            print(f"kvsweep: no screenshot: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(shot.png)
         for error in shot.errors:

@@ -286,6 +286,9 @@ def test_recommendations_follow_the_stated_rules(demo, blocks):
         assert row[2].startswith(f"**{fastest}**:"), (budget, row[2], fastest)
         assert row[3].startswith(f"**{context}**:"), (budget, row[3], context)
         assert "q8_0/q4_0" not in row[1], "its quality cell is invalid: never a candidate"
+    # f16 and bf16 take the same memory at every depth: the lower KL (f16's 0) decides
+    assert "free: bf16 also fits 4K; f16 has the lowest mean KL of those using the least memory there." in str(
+        [b.items for b in blocks if isinstance(b, Bullets)])
     # q4_0 fits only depth 0, so with no KL limit tg is compared there
     assert "no limit: tg32 compared at 0, the deepest depth every candidate ran" in str(
         [b.items for b in blocks if isinstance(b, Bullets)])
@@ -315,7 +318,7 @@ def test_charts_are_png_files_with_every_configuration_drawn(demo):
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         Image.open(folder / name).verify()
         image = Image.open(folder / name)
-        assert image.size == (640, 380), name
+        assert image.size == (640, 400), name
         drawn = (["f32", "f16", "bf16", "q8_0", "q4_0"] if name.startswith("kl-vs-bits")
                  else _configs(demo, ("pp", "tg")))
         for config in drawn:

@@ -188,13 +188,17 @@ WITH fit AS (
 ), best AS (
     SELECT *, max(deepest_fit) OVER (PARTITION BY budget, model_name, host_class) AS best_depth
     FROM ceiling
+), reached AS (  -- the candidates that reach the deepest depth, and the least memory among them
+    SELECT *, min(coalesce(memory_bytes, 9e18)) OVER (PARTITION BY budget, model_name, host_class) AS least
+    FROM best WHERE deepest_fit = best_depth
 ), pick AS (
     SELECT budget, model_name, host_class, best_depth AS n_depth,
            arg_min(config, {'m': coalesce(memory_bytes, 9e18), 'k': kld_mean}) AS config,
            arg_min(kld_mean, {'m': coalesce(memory_bytes, 9e18), 'k': kld_mean}) AS kld_mean,
            arg_min(memory_bytes, {'m': coalesce(memory_bytes, 9e18), 'k': kld_mean}) AS memory_bytes,
-           list(config ORDER BY coalesce(memory_bytes, 9e18), kld_mean) AS reached
-    FROM best WHERE deepest_fit = best_depth GROUP BY ALL
+           list(config ORDER BY coalesce(memory_bytes, 9e18), kld_mean) AS reached,
+           count(*) FILTER (WHERE coalesce(memory_bytes, 9e18) = least) > 1 AS memory_tie
+    FROM reached GROUP BY ALL
 ), planned AS (
     SELECT model_name, host_class, max(n_depth) AS deepest_planned
     FROM depth_status GROUP BY ALL
@@ -202,6 +206,7 @@ WITH fit AS (
 SELECT q.model_name, q.host_class, q.budget, q.max_kld, q.budget_order, q.candidates,
        p.n_depth, p.config, p.kld_mean, p.memory_bytes,
        [x FOR x IN coalesce(p.reached, []) IF x <> p.config] AS tied_with,
+       coalesce(p.memory_tie, false) AS memory_tie,
        pl.deepest_planned,
        p.n_depth = pl.deepest_planned AS ceiling_not_reached
 FROM rec_questions q
