@@ -91,6 +91,20 @@ def _depth_axis(ax, depths: list[int]) -> None:
         ax.set_xlim(lo - (nonzero[0] * 0.25 if nonzero and lo == 0 else pad), hi * 1.25 if hi else 1)
 
 
+def _plain_log_labels(ax) -> None:
+    """Log y labels as plain numbers (2000, not 2×10³); on a short range also 2s and 5s between
+    the powers of ten, so there is more than one label to read."""
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    lo, hi = ax.get_ylim()
+    if lo > 0 and math.log10(hi / lo) < 2:
+        def minor(v, _):
+            lead = round(v / 10 ** math.floor(math.log10(v)), 6)
+            return f"{v:g}" if lead in (2, 5) else ""
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(minor))
+    else:
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def _legend_below(ax) -> None:
     """One row of configurations under the plot: it never hides a line."""
     handles, labels = ax.get_legend_handles_labels()
@@ -133,7 +147,7 @@ def speed_vs_depth(kind: str, test: str, model: str, host_class: str, rows: list
         _fail_marks(ax, failed, style[c])
     _depth_axis(ax, [r["n_depth"] for r in rows])
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    _plain_log_labels(ax)
     ax.set_ylabel(f"{test} tokens/s (± sd)")
     what = "Generation" if kind == "tg" else "Prompt processing"
     title = f"{what} ({test}) vs depth: {model} on {host_class}"
