@@ -213,6 +213,8 @@ def cmd_report(args) -> int:
         print(shot.png)
         for error in shot.errors:
             print(f"kvsweep: the page reported: {error}", file=sys.stderr)
+        if shot.errors:
+            return EXIT_NOT_ALL_OK
     return 0
 
 
