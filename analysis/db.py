@@ -6,13 +6,46 @@ the report shows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from kvsweep import cache_types
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
+
+
+@dataclass(frozen=True)
+class KlBudget:
+    """A quality budget for recommendations: configurations whose mean KL divergence against
+    the baseline is at most max_kld (None: no limit) are candidates."""
+
+    name: str
+    max_kld: float | None
+
+
+# The report's default budgets (docs/reports.md): 0.002 is about q8_0's cost in the seeds
+# (KL 0.0016, 98.6% same top token: "essentially free"); 0.02 is where the seeds' 3-4 bit caches
+# land (turbo3 0.0199, turbo4 0.0131: about 1% PPL, a few points of top-token agreement).
+DEFAULT_BUDGETS = (KlBudget("free", 0.002), KlBudget("acceptable", 0.02), KlBudget("no limit", None))
+
+
+def parse_budget(text: str) -> KlBudget:
+    """NAME=KL (KL a number, or 'none' for no limit), as `kvsweep report --budget` takes it."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--budget {text!r}: write NAME=KL, e.g. free=0.002 or any=none")
+    if value.strip().lower() in ("none", "inf", ""):
+        return KlBudget(name.strip(), None)
+    try:
+        kld = float(value)
+    except ValueError:
+        raise ValueError(f"--budget {text!r}: {value!r} is not a number (or 'none')") from None
+    if kld < 0:
+        raise ValueError(f"--budget {text!r}: a KL budget cannot be negative")
+    return KlBudget(name.strip(), kld)
 
 
 def sql_text(name: str) -> str:
@@ -39,8 +72,9 @@ def _example_cell():
     return Cell(kind="pp", model_name="", model_path="", model_sha256="", type_k="f16", type_v="f16")
 
 
-def connect(run_dir: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the run directory's views loaded."""
+def connect(run_dir: str | Path, database: str = ":memory:",
+            budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the run directory's views loaded (views.sql, report_views.sql)."""
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(
@@ -64,12 +98,33 @@ def connect(run_dir: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyC
     else:
         con.register("plan_empty", _plan_schema().empty_table())
         con.execute("CREATE VIEW plan_raw AS SELECT * FROM plan_empty")
+    _register_reference_tables(con, budgets)
     con.execute(sql_text("views"))
+    con.execute(sql_text("report_views"))
     return con
 
 
-def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
-    """Run analysis/sql/NAME.sql; rows as dicts."""
-    cur = con.execute(sql_text(name))
+def _register_reference_tables(con: duckdb.DuckDBPyConnection, budgets: tuple[KlBudget, ...]) -> None:
+    """Two small tables the report views join: storage cost per cache type, quality budgets."""
+    types = pa.table({
+        "name": [t.name for t in cache_types.MAINLINE.values()],
+        "bits_per_value": [t.bits_per_value for t in cache_types.MAINLINE.values()],
+    })
+    con.register("cache_types_table", types)
+    con.execute("CREATE TABLE cache_types AS SELECT * FROM cache_types_table")
+    con.unregister("cache_types_table")
+    table = pa.table({
+        "budget": pa.array([b.name for b in budgets], pa.string()),
+        "max_kld": pa.array([b.max_kld for b in budgets], pa.float64()),
+        "budget_order": pa.array(list(range(1, len(budgets) + 1)), pa.int32()),
+    })
+    con.register("kl_budgets_table", table)
+    con.execute("CREATE TABLE kl_budgets AS SELECT * FROM kl_budgets_table")
+    con.unregister("kl_budgets_table")
+
+
+def query(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> list[dict]:
+    """Run analysis/sql/NAME.sql (with $name parameters); rows as dicts."""
+    cur = con.execute(sql_text(name), params) if params else con.execute(sql_text(name))
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row)) for row in cur.fetchall()]

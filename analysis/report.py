@@ -1,161 +1,320 @@
-"""`kvsweep report RUN_DIR`: the tables of the posts kvsweep grew from, made from the results.
+"""`kvsweep report RUN_DIR`: the decision and the evidence, as Markdown and one HTML page.
 
-(a) quality: Cache | PPL | KL vs baseline | Top-1 agreement, per model and n_ctx;
-(b) generation tok/s, a row per depth and a column per configuration, per model and host class
-    (and the same for prompt processing);
-(c) pp and tg side by side at one depth (the deepest measured) for every configuration.
-Failures are part of the tables (OOM, skipped) and are listed with their reasons.
+Writes RUN_DIR/report/report.md, report.html (self-contained: charts embedded as data URIs)
+and charts/*.png. Sections (docs/reports.md):
+  recommendations per model and host class, derived by stated rules (recommend.py);
+  quality per model and n_ctx (PPL ±, KL mean ±, same top p ±, KL p99, bits per value), KL vs bits;
+  per model and host class: tg and pp by depth x configuration (± sd, the seeds' layout), pp and
+  tg at the deepest depth, the context ceiling, charts of speed and memory against depth;
+  cells that are not ok.
+The figures come from the SQL views (views.sql, report_views.sql); this module lays them out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import OrderedDict, defaultdict
+import re
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from kvsweep.analysis.db import connect, query
+from kvsweep.analysis import charts, recommend
+from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, connect, query
+from kvsweep.analysis.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
+from kvsweep.analysis.formatting import fmt_bytes, fmt_depth, fmt_kl, fmt_kl_pm, fmt_pm, fmt_status
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    charts: list[Path]
 
 
-def fmt_depth(depth: int) -> str:
-    if depth >= 1024 and depth % 1024 == 0:
-        return f"{depth // 1024}K"
-    return str(depth)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _rows(con, sql: str) -> list[dict]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def _config_order(con) -> list[str]:
+    """Configurations in the order the matrix lists them (the plan's row order)."""
     rows = con.execute("SELECT config, min(rowid) AS first FROM (SELECT config, row_number() OVER () AS rowid FROM plan) GROUP BY config ORDER BY first").fetchall()
     return [r[0] for r in rows]
 
 
-def quality_section(con, order: list[str]) -> list[str]:
+def _slug(*parts) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def _tests(con) -> dict[tuple[str, str], str]:
+    """(model, kind) -> llama-bench's test name (pp512, tg128)."""
+    return {(m, k): t for m, k, t in con.execute(
+        "SELECT DISTINCT model_name, kind, CASE WHEN kind = 'pp' THEN 'pp' || n_prompt ELSE 'tg' || n_gen END "
+        "FROM plan WHERE kind IN ('pp', 'tg')").fetchall()}
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def header_section(con, run_dir: Path) -> list[Block]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    status = {r["status"]: r["cells"] for r in query(con, "status_counts")}
+    total = sum(status.values())
+    builds = con.execute("SELECT DISTINCT build_commit, llama_cpp_python_version, backends FROM results WHERE build_commit IS NOT NULL").fetchall()
+    hosts = con.execute("SELECT DISTINCT host, host_class, device_name, device_memory_total FROM results WHERE host IS NOT NULL ORDER BY host").fetchall()
+    cells = (f"Cells: {total} planned; " + ", ".join(f"{n} {s}" for s, n in status.items()) + "."
+             if total else "No cells planned yet.")
+    lines = [
+        f"Run `{manifest.get('run_id', '')[:12]}`, {len(manifest.get('sessions', []))} session(s), "
+        f"report written {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. {cells}",
+    ]
+    for commit, version, backends in builds:
+        lines.append(f"llama.cpp build `{commit}` (llama-cpp-python {version}), backends {backends}.")
+    for host, host_class, device, memory in hosts:
+        lines.append(f"Host `{host}`: class `{host_class}`, device {device}, memory {fmt_bytes(memory)}.")
+    return [Heading(f"kvsweep report: {run_dir.name}", 1), Paragraph(lines[0])] + (
+        [Bullets(lines[1:])] if len(lines) > 1 else [])
+
+
+def recommendations_section(con, budgets, tests) -> list[Block]:
+    failed_quality = _rows(con, "SELECT cell_id, model_name, config, n_ctx, status FROM cell_status "
+                                "WHERE kind = 'quality' AND status <> 'ok'")
+    return recommend.section(
+        _rows(con, "SELECT * FROM recommend_fastest"),
+        _rows(con, "SELECT * FROM recommend_context"),
+        _rows(con, "SELECT * FROM config_quality"),
+        _rows(con, "SELECT * FROM untrusted ORDER BY kind, model_name, config, n_ctx, n_depth"),
+        failed_quality, budgets,
+        {m: t for (m, k), t in tests.items() if k == "tg"},
+        _speed_configs(con),
+    )
+
+
+def _speed_configs(con) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for model, host_class, config in con.execute(
+            "SELECT DISTINCT model_name, host_class, config FROM plan WHERE kind IN ('pp', 'tg')").fetchall():
+        out[(model, host_class)].add(config)
+    return out
+
+
+def quality_section(con, order: list[str], style, budgets, chart_list: list[charts.Chart]) -> list[Block]:
     rows = query(con, "quality_table")
-    groups: dict[tuple, list[dict]] = OrderedDict()
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"]), []).append(r)
-    out = []
+    out: list[Block] = [Heading("Quality", 2)]
+    if not groups:
+        out.append(Paragraph("This sweep has no quality cells."))
+    kl_rows = _rows(con, "SELECT * FROM kl_vs_bits")
     for (model, n_ctx, baseline), items in groups.items():
         items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
         table = []
         for r in items:
             is_base = r["config"] == baseline
-            flag = " (flagged: " + ", ".join(r["flags"]) + ")" if r["flags"] else ""
+            name = r["config"] + (" (baseline)" if is_base else "")
+            if r["flags"]:
+                name += " †"
+            # the seeds' four columns first, as in their posts, then KL p99 and the storage cost
+            if r["ppl"] is None:
+                table.append([name, fmt_status(r["status"]), "", "", "", _bits(r["bits_per_value"])])
+                continue
             table.append([
-                r["config"] + flag,
+                name,
                 f"{r['ppl']:.4f} ± {r['ppl_unc']:.4f}",
-                "baseline" if is_base else f"{r['kld_mean']:.4f}",
-                "n/a" if is_base else f"{100 * r['same_top_p']:.2f}%",
+                "baseline" if is_base else fmt_kl_pm(r["kld_mean"], r["kld_unc"]),
+                "n/a" if is_base else f"{100 * r['same_top_p']:.2f} ± {100 * r['same_top_unc']:.2f}%",
+                "baseline" if is_base else fmt_kl(r["kld_p99"]),
+                _bits(r["bits_per_value"]),
             ])
-        n_tokens = items[0]["n_tokens"]
-        out.append(f"### Quality: {model}, n_ctx {n_ctx}, KL against a {baseline} cache\n")
-        out.append(md_table(["Cache", "PPL", f"KL vs {baseline}", "Top-1 token agreement"], table))
-        out.append(f"\n{n_tokens} scored tokens per row. Statistics in full: "
-                   "`kvsweep sql RUN_DIR \"SELECT * FROM quality\"`.\n")
-    missing = con.execute("SELECT count(*) FROM cell_status WHERE kind = 'quality' AND status <> 'ok'").fetchone()[0]
-    if missing:
-        out.append(f"{missing} quality cell(s) have no ok result; see *Not ok* below.\n")
+        ok = [r for r in items if r["n_tokens"]]
+        where = sorted({f"`{r['host']}` ({r['host_class']})" for r in ok if r["host"]})
+        out.append(Heading(f"{model}, n_ctx {n_ctx}: KL against a {baseline} cache", 3))
+        out.append(Table(["Cache", "PPL", f"KL vs {baseline}", "Top-1 token agreement", "KL p99",
+                          "Bits/value"], table, numeric={1, 2, 3, 4, 5}))
+        notes = []
+        if ok:
+            notes.append(f"{ok[0]['n_tokens']} scored tokens per row ({ok[0]['n_chunks']} chunks), "
+                         f"measured on {', '.join(where)}. ± is one standard error (llama-perplexity's). "
+                         "Every statistic: `kvsweep sql RUN_DIR \"SELECT * FROM quality\"`.")
+        if any(r["flags"] for r in items):
+            notes.append("† flagged: " + "; ".join(f"{r['config']}: {', '.join(r['flags'])}" for r in items if r["flags"]))
+        out.append(Paragraph(" ".join(notes)))
+        mine = [k for k in kl_rows if (k["model_name"], k["n_ctx"], k["baseline"]) == (model, n_ctx, baseline)]
+        if mine:
+            chart = charts.kl_vs_bits(model, n_ctx, baseline, mine,
+                                      [(b.name, b.max_kld) for b in budgets if b.max_kld is not None],
+                                      style, _slug("kl-vs-bits", model, n_ctx, baseline))
+            chart_list.append(chart)
+            out.append(_image(chart))
     return out
 
 
-def _speed_cells(con) -> dict:
-    """(model, host_class, kind) -> {depth: {config: text}}"""
-    grid: dict[tuple, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
-    for r in query(con, "speed_by_depth"):
-        if r["status"] == "ok":
-            text = f"{r['avg_ts']:.1f}"
-        elif r["status"] == "skipped":
-            text = "skipped"
-        else:
-            text = r["status"].upper() if r["status"] == "oom" else r["status"]
-        grid[(r["model_name"], r["host_class"], r["kind"])][r["n_depth"]][r["config"]] = text
-    return grid
+def _bits(b) -> str:
+    return "" if b is None else f"{b:g}"
 
 
-def speed_sections(con, order: list[str]) -> list[str]:
-    grid = _speed_cells(con)
-    out = []
-    tests = {r[0]: r[1] for r in con.execute("SELECT DISTINCT kind, CASE WHEN kind = 'pp' THEN 'pp' || n_prompt ELSE 'tg' || n_gen END FROM plan WHERE kind IN ('pp', 'tg')").fetchall()}
-    for kind, title in (("tg", "Generation"), ("pp", "Prompt processing")):
-        for (model, host_class, k), by_depth in grid.items():
-            if k != kind:
+def _image(chart: charts.Chart) -> Image:
+    return Image(f"charts/{chart.name}.png", chart.png, chart.title, chart.caption)
+
+
+def _speed_text(r: dict) -> str:
+    if r["status"] != "ok":
+        return fmt_status(r["status"])
+    text = fmt_pm(r["avg_ts"], r["stddev_ts"])
+    return text + " †" if r["flags"] else text
+
+
+def speed_sections(con, order: list[str], style, tests, chart_list: list[charts.Chart]) -> list[Block]:
+    cells = query(con, "speed_by_depth")
+    depth_rows = _rows(con, "SELECT * FROM depth_status")
+    ceiling = _rows(con, "SELECT * FROM context_ceiling")
+    hosts = _rows(con, "SELECT * FROM host_memory ORDER BY host")
+    grid: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for r in cells:
+        grid[(r["model_name"], r["host_class"], r["kind"])][r["n_depth"]][r["config"]] = r
+    out: list[Block] = []
+    pairs = sorted({(m, h) for (m, h, _k) in grid})
+    for model, host_class in pairs:
+        out.append(Heading(f"Speed: {model} on {host_class}", 2))
+        flagged = []
+        for kind, title in (("tg", "Generation"), ("pp", "Prompt processing")):
+            by_depth = grid.get((model, host_class, kind))
+            if not by_depth:
                 continue
             configs = [c for c in order if any(c in row for row in by_depth.values())]
-            rows = [[fmt_depth(d)] + [by_depth[d].get(c, "") for c in configs] for d in sorted(by_depth)]
-            out.append(f"### {title} tok/s ({tests.get(kind, kind)}) by depth: {model} on {host_class}\n")
-            out.append(md_table(["Depth"] + configs, rows))
-            out.append("")
-    # (c) one depth, every configuration, pp and tg side by side
-    keys = {(m, h) for (m, h, _k) in grid}
-    for model, host_class in sorted(keys):
-        pp = grid.get((model, host_class, "pp"), {})
-        tg = grid.get((model, host_class, "tg"), {})
-        depths = sorted(set(pp) | set(tg))
-        if not depths:
-            continue
-        depth = depths[-1]
-        configs = [c for c in order if c in pp.get(depth, {}) or c in tg.get(depth, {})]
-        rows = [[c, pp.get(depth, {}).get(c, ""), tg.get(depth, {}).get(c, "")] for c in configs]
-        out.append(f"### At depth {depth} ({fmt_depth(depth)}): {model} on {host_class}\n")
-        out.append(md_table(["Cache", tests.get("pp", "pp"), tests.get("tg", "tg")], rows))
-        out.append("")
+            rows = [[fmt_depth(d)] + [_speed_text(by_depth[d][c]) if c in by_depth[d] else "" for c in configs]
+                    for d in sorted(by_depth)]
+            flagged += [r for row in by_depth.values() for r in row.values() if r["flags"]]
+            out.append(Heading(f"{title} tok/s ({tests.get((model, kind), kind)}) by depth", 3))
+            out.append(Table(["Depth"] + configs, rows, numeric=set(range(1, len(configs) + 1))))
+        out += _at_depth_table(grid, model, host_class, order, tests)
+        out += _ceiling_table(ceiling, depth_rows, model, host_class, order)
+        if flagged:
+            out.append(Paragraph("† flagged: " + "; ".join(
+                f"{r['config']} {r['test']} at {fmt_depth(r['n_depth'])}: {', '.join(r['flags'])}" for r in flagged)))
+        mine = [r for r in depth_rows if r["model_name"] == model and r["host_class"] == host_class]
+        for kind in ("tg", "pp"):
+            if (model, host_class, kind) in grid:
+                chart = charts.speed_vs_depth(kind, tests.get((model, kind), kind), model, host_class, mine,
+                                              style, _slug(kind, "vs-depth", model, host_class))
+                chart_list.append(chart)
+                out.append(_image(chart))
+        chart = charts.memory_vs_depth(model, host_class, mine,
+                                       [h for h in hosts if h["host_class"] == host_class],
+                                       style, _slug("memory", model, host_class))
+        chart_list.append(chart)
+        out.append(_image(chart))
     return out
 
 
-def failures_section(con) -> list[str]:
+def _at_depth_table(grid, model, host_class, order, tests) -> list[Block]:
+    """The seeds' third table: pp and tg side by side at the deepest depth measured."""
+    pp = grid.get((model, host_class, "pp"), {})
+    tg = grid.get((model, host_class, "tg"), {})
+    depths = sorted(set(pp) | set(tg))
+    if not depths:
+        return []
+    depth = depths[-1]
+    configs = [c for c in order if c in pp.get(depth, {}) or c in tg.get(depth, {})]
+    rows = [[c,
+             _speed_text(pp[depth][c]) if c in pp.get(depth, {}) else "",
+             _speed_text(tg[depth][c]) if c in tg.get(depth, {}) else ""] for c in configs]
+    return [Heading(f"At depth {depth} ({fmt_depth(depth)})", 3),
+            Table(["Cache", tests.get((model, "pp"), "pp"), tests.get((model, "tg"), "tg")], rows, numeric={1, 2})]
+
+
+def _ceiling_table(ceiling, depth_rows, model, host_class, order) -> list[Block]:
+    mine = {r["config"]: r for r in ceiling if r["model_name"] == model and r["host_class"] == host_class}
+    if not mine:
+        return []
+    memory = {(r["config"], r["n_depth"]): r["memory_bytes"] for r in depth_rows
+              if r["model_name"] == model and r["host_class"] == host_class}
+    rows = []
+    for c in [c for c in order if c in mine]:
+        r = mine[c]
+        if r["deepest_fit"] is None:
+            fit = "nothing fit"
+        else:
+            fit = fmt_depth(r["deepest_fit"])
+        if r["stopped_at"] is not None:
+            stop = f"{fmt_status(r['stopped_by'])} at {fmt_depth(r['stopped_at'])}"
+        else:
+            stop = f"nothing: every depth up to {fmt_depth(r['deepest_planned'])} fit"
+        mem = memory.get((c, r["deepest_fit"])) if r["deepest_fit"] is not None else None
+        rows.append([c, fit, stop, fmt_bytes(mem) if mem is not None else ""])
+    return [Heading("Context ceiling", 3),
+            Paragraph("The deepest depth at which each configuration's pp and tg cells both ran, "
+                      "and what stopped it at the next depth."),
+            Table(["Cache", "Deepest depth that fit", "Stopped by", "Memory there"], rows, numeric={1, 3})]
+
+
+def failures_section(con) -> list[Block]:
     rows = query(con, "failures")
     if not rows:
         return []
     table = []
     for r in rows:
-        where = f"n_ctx {r['n_ctx']}" if r["kind"] == "quality" else f"d{r['n_depth']} on {r['host_class']}"
+        where = f"n_ctx {r['n_ctx']}" if r["kind"] == "quality" else f"{fmt_depth(r['n_depth'])} on {r['host_class']}"
         message = (r["error_message"] or "").splitlines()[0][:120] if r["error_message"] else ""
-        table.append([r["kind"], r["model_name"], r["config"], where, r["status"], r["host"] or "", message])
-    return ["## Not ok\n", md_table(["Kind", "Model", "Cache", "Where", "Status", "Host", "Reason"], table), ""]
+        table.append([r["kind"], r["model_name"], r["config"], where, fmt_status(r["status"]), r["host"] or "", message])
+    return [Heading("Not ok", 2), Table(["Kind", "Model", "Cache", "Where", "Status", "Host", "Reason"], table)]
 
 
-def header_section(con, run_dir: Path) -> list[str]:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    status = {r["status"]: r["cells"] for r in query(con, "status_counts")}
-    total = sum(status.values())
-    builds = con.execute("SELECT DISTINCT build_commit, llama_cpp_python_version, backends FROM results WHERE build_commit IS NOT NULL").fetchall()
-    hosts = con.execute("SELECT DISTINCT host, host_class, device_name FROM results WHERE host IS NOT NULL ORDER BY host").fetchall()
-    lines = [
-        f"# kvsweep report: {run_dir.name}\n",
-        f"Run `{manifest.get('run_id', '')[:12]}`, {len(manifest.get('sessions', []))} session(s), "
-        f"report written {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"Cells: {total} planned; " + ", ".join(f"{n} {s}" for s, n in status.items()) + ".",
-    ]
-    for commit, version, backends in builds:
-        lines.append(f"llama.cpp build {commit} (llama-cpp-python {version}), backends {backends}.")
-    for host, host_class, device in hosts:
-        lines.append(f"Host {host}: class `{host_class}`, device {device}.")
-    return lines + [""]
+def footer_section(run_dir: Path) -> list[Block]:
+    return [Heading("About this report", 2), Paragraph(
+        f"Made by `kvsweep report {run_dir}` from the run directory's Parquet files; every figure "
+        f"comes from the SQL views in `analysis/sql/` (query them with `kvsweep sql {run_dir}`; "
+        "see docs/sql.md). How to read it: docs/reports.md.")]
 
 
-def render(run_dir: str | Path) -> str:
+# --- assembly ------------------------------------------------------------------------------
+
+
+def build(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> tuple[list[Block], list[charts.Chart]]:
     run_dir = Path(run_dir)
-    con = connect(run_dir)
+    con = connect(run_dir, budgets=budgets)
+    chart_list: list[charts.Chart] = []
     try:
         order = _config_order(con)
-        parts = header_section(con, run_dir)
-        parts += ["## Quality\n"] + quality_section(con, order)
-        parts += ["## Speed\n"] + speed_sections(con, order)
-        parts += failures_section(con)
+        style = charts.styles(order)
+        tests = _tests(con)
+        blocks = header_section(con, run_dir)
+        blocks += recommendations_section(con, budgets, tests)
+        blocks += quality_section(con, order, style, budgets, chart_list)
+        blocks += speed_sections(con, order, style, tests, chart_list)
+        blocks += failures_section(con)
+        blocks += footer_section(run_dir)
     finally:
         con.close()
-    return "\n".join(parts).rstrip() + "\n"
+    return blocks, chart_list
 
 
-def write_report(run_dir: str | Path) -> Path:
+def render(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> str:
+    """The report as Markdown (images referenced as charts/NAME.png)."""
+    blocks, _ = build(run_dir, budgets)
+    return to_markdown(blocks)
+
+
+def write_reports(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> ReportFiles:
+    """Write report.md, report.html and charts/*.png under RUN_DIR/report."""
     from kvsweep.orchestrator.run_dir import atomic_write_bytes
 
     run_dir = Path(run_dir)
-    out = run_dir / "report" / "report.md"
-    atomic_write_bytes(out, render(run_dir).encode())
-    return out
+    blocks, chart_list = build(run_dir, budgets)
+    out = run_dir / "report"
+    paths = []
+    for chart in chart_list:
+        path = out / "charts" / f"{chart.name}.png"
+        atomic_write_bytes(path, chart.png)
+        paths.append(path)
+    md, html = out / "report.md", out / "report.html"
+    atomic_write_bytes(md, to_markdown(blocks).encode())
+    atomic_write_bytes(html, to_html(blocks, f"kvsweep report: {run_dir.name}").encode())
+    return ReportFiles(md, html, paths)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """What `kvsweep run` calls at the end: every format; returns the Markdown file's path."""
+    return write_reports(run_dir).markdown

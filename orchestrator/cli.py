@@ -85,8 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", "where every cell of a run stands (works while it runs)", cmd_status)
     status.add_argument("run_dir", type=Path)
 
-    report = command("report", "write the Markdown report of a run", cmd_report)
+    report = command("report", "write the report of a run (Markdown, one HTML page, chart PNGs)", cmd_report)
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--budget", action="append", metavar="NAME=KL", default=None,
+                        help="a quality budget for the recommendations, e.g. free=0.002 (repeatable; "
+                             "replaces the defaults free=0.002, acceptable=0.02, 'no limit'=none)")
+    report.add_argument("--screenshot", action="store_true",
+                        help="also write report.png, the HTML page as headless Chromium shows it")
+
+    compare = command("compare", "compare two runs cell by cell: speed ratio B/A, quality B-A", cmd_compare)
+    compare.add_argument("run_a", type=Path)
+    compare.add_argument("run_b", type=Path)
+    compare.add_argument("--format", choices=("table", "md"), default="table",
+                         help="table: aligned tables on the terminal (default); md: Markdown")
+    compare.add_argument("--out", type=Path, help="also write the Markdown to this file")
 
     sql = command("sql", "SQL over a run's results (DuckDB; no query: an interactive shell)", cmd_sql)
     sql.add_argument("run_dir", type=Path)
@@ -148,6 +160,8 @@ def _finish(result) -> int:
     print(f"\nresults: {result.run_dir / 'results'}")
     if result.report:
         print(f"report:  {result.report}")
+        if result.report.with_suffix(".html").exists():
+            print(f"         {result.report.with_suffix('.html')} (one page, charts inside)")
     print(f"cells:   {result.planned} planned, {result.planned - result.to_run} done before, "
           f"{result.to_run} run now: " + (", ".join(f"{n} {k}" for k, n in s.by_status.items()) or "nothing to do"))
     if s.interrupted:
@@ -196,9 +210,43 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from kvsweep.analysis.report import write_report
+    from kvsweep.analysis.db import DEFAULT_BUDGETS, parse_budget
+    from kvsweep.analysis.report import write_reports
 
-    print(write_report(args.run_dir))
+    try:
+        budgets = tuple(parse_budget(b) for b in args.budget) if args.budget else DEFAULT_BUDGETS
+    except ValueError as exc:
+        print(f"kvsweep: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    files = write_reports(args.run_dir, budgets)
+    print(files.markdown)
+    print(files.html)
+    if args.screenshot:
+        from kvsweep.analysis.screenshot import NoBrowser, take
+
+        try:
+            shot = take(files.html, files.html.with_suffix(".png"))
+        except (NoBrowser, RuntimeError) as exc:  # no browser, or it failed: the report stands
+            print(f"kvsweep: no screenshot: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(shot.png)
+        for error in shot.errors:
+            print(f"kvsweep: the page reported: {error}", file=sys.stderr)
+        if shot.errors:
+            return EXIT_NOT_ALL_OK
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from kvsweep.analysis.compare import compare, print_tables, to_markdown
+
+    result = compare(args.run_a, args.run_b)
+    if args.format == "md":
+        print(to_markdown(result))
+    else:
+        print_tables(result)
+    if args.out:
+        args.out.write_text(to_markdown(result))
     return 0
 
 

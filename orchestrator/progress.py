@@ -23,6 +23,7 @@ class ProgressView:
         self.started = time.monotonic()
         self.final: dict[str, tuple[str, str]] = {}  # cell id -> (host, latest final status)
         self.running: dict[str, str] = {}  # worker -> what it runs
+        self.worker_host: dict[str, str] = {}  # worker -> its host, to count running per host
         self.live_mode = sys.stderr.isatty() if live is None else live
         self._live = None
         self._last_log = 0.0
@@ -30,6 +31,8 @@ class ProgressView:
     # -- events from the scheduler ---------------------------------------------------------
     def on_event(self, kind: str, slot, payload) -> None:
         host = slot.host if slot is not None else "-"
+        if slot is not None:
+            self.worker_host[slot.worker_id] = host
         if kind == "dispatched":
             unit = payload
             self.running[slot.worker_id] = f"{unit.kind} x{len(unit.cells)} ({unit.cells[0].model_name})"
@@ -88,14 +91,17 @@ class ProgressView:
 
         t = Table(title=self.line(), title_justify="left")
         for col in ("host", "ok", "failed", "skipped", "running"):
-            t.add_column(col)
+            t.add_column(col, justify="left" if col in ("host", "running") else "right")
         per_host = self.per_host
-        for host in sorted(per_host):
+        running_per_host = Counter(self.worker_host.get(w, "-") for w in self.running)
+        for host in sorted(set(per_host) | set(running_per_host)):
             c = per_host[host]
             failed = sum(v for k, v in c.items() if k not in (records.OK, records.SKIPPED))
-            t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]), "")
-        for worker, what in sorted(self.running.items()):
-            t.add_row(f"  {worker}", "", "", "", what)
+            t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]),
+                      f"{running_per_host[host]} worker(s)" if running_per_host[host] else "")
+            for worker, what in sorted(self.running.items()):
+                if self.worker_host.get(worker, "-") == host:
+                    t.add_row(f"  {worker}", "", "", "", what)
         return t
 
     def start(self) -> None:

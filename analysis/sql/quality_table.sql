@@ -1,6 +1,16 @@
--- The seeds' quality table: Cache | PPL | KL vs baseline | Top-1 agreement, per model and n_ctx.
-SELECT q.model_name, q.n_ctx, q.baseline, q.config, q.type_k, q.type_v,
-       q.ppl, q.ppl_unc, q.kld_mean, q.kld_unc, q.kld_p99, q.same_top_p, q.same_top_unc,
-       q.n_tokens, q.flags
-FROM quality q
-ORDER BY q.model_name, q.n_ctx;
+-- The seeds' quality table with uncertainties: Cache | PPL ± | KL mean ± | KL p99 | same top p ±,
+-- per model, n_ctx and baseline. Every planned quality cell has a row; status says whether its
+-- figures exist (the statistics are NULL unless it ran ok).
+SELECT p.model_name, p.n_ctx, p.baseline, p.config, p.type_k, p.type_v,
+       coalesce(r.status, 'missing') AS status, coalesce(r.flags, []) AS flags,
+       k.bits_per_value,
+       q.ppl, q.ppl_unc, q.ln_ppl_ratio, q.ln_ppl_ratio_unc, q.kld_mean, q.kld_unc, q.kld_p99,
+       q.same_top_p, q.same_top_unc, q.n_tokens, q.n_chunks, r.host, r.host_class
+FROM plan p
+LEFT JOIN results r USING (cell_id)
+LEFT JOIN quality q USING (cell_id)
+LEFT JOIN kl_vs_bits k
+       ON k.model_name = p.model_name AND k.n_ctx = p.n_ctx AND k.baseline = p.baseline
+      AND k.config = p.config
+WHERE p.kind = 'quality'
+ORDER BY p.model_name, p.n_ctx, p.baseline;
