@@ -80,6 +80,7 @@ def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: 
 
     labels = {LABEL_HOST_CLASS: host_class} if host_class else {}
     ray.init(
+        address="local",  # always a new cluster: never attach to a `ray start` one by accident
         num_cpus=num_cpus or n_workers,
         resources={WORKER_RESOURCE: n_workers},
         include_dashboard=False,

@@ -120,4 +120,32 @@ def test_a_real_head_lists_its_worker_and_runs_a_sweep(tmp_path):
         loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
         assert [a for a in ours if not a.startswith(loopback)] == []
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        stop_cluster("127.0.0.1:6379")
+
+
+def stop_cluster(gcs_address: str) -> None:
+    """Stop one Ray cluster (`ray stop` would stop every cluster on the machine): its GCS
+    serves that port, and every one of its processes names the GCS's session."""
+    import os
+    import re
+    import signal
+    import time
+
+    port = gcs_address.rsplit(":", 1)[1]
+
+    def processes() -> list[tuple[int, str]]:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        return [(int(p), a) for p, a in (line.strip().split(None, 1) for line in out.splitlines() if line.strip())]
+
+    sessions = {m.group(1) for _, args in processes() if "gcs_server" in args and f"--gcs_server_port={port}" in args
+                for m in [re.search(r"--session-name=(\S+)", args)] if m}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, args in processes():
+            if any(session in args for session in sessions):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(any(s in a for s in sessions) for _, a in processes()):
+            time.sleep(0.2)
