@@ -153,5 +153,6 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
             "backends": probe.backends,
             "cpu_info": probe.cpu_info,
             "gpu_info": probe.gpu_info,
+            "driver_version": probe.driver_version,
         },
     )

@@ -7,6 +7,7 @@ reported is what llama.cpp will use, not what the OS happens to show.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import platform
 import re
@@ -50,6 +51,7 @@ class HostProbe:
     ggml_version: str = ""
     llama_version: str = ""
     system_info: str = ""
+    driver_version: str = ""  # GPU driver where the OS tells it (NVIDIA, AMD), macOS version on Apple
 
     @property
     def gpu_devices(self) -> list[Device]:
@@ -186,6 +188,53 @@ def _ram() -> tuple[int, int]:
         return total, total
 
 
+def driver_version() -> str:
+    """The GPU driver's version where the OS exposes it without extra tools; '' elsewhere."""
+    try:  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 ..."
+        with open("/proc/driver/nvidia/version") as f:
+            m = re.search(r"Kernel Module\s+(\S+)", f.read())
+            if m:
+                return f"nvidia {m.group(1)}"
+    except OSError:
+        pass
+    try:
+        with open("/sys/module/amdgpu/version") as f:
+            return f"amdgpu {f.read().strip()}"
+    except OSError:
+        pass
+    if platform.system() == "Darwin":  # Metal ships with the OS
+        return f"macOS {platform.mac_ver()[0]}"
+    return ""
+
+
+# Environment variables that change what llama.cpp computes or how fast: read by llama.cpp or
+# ggml themselves (LLAMA_ATTN_ROT_DISABLE, GGML_CPU_DISABLE_FUSION, GGML_SCHED_*, ...), by the
+# OpenMP runtime ggml's CPU backend uses, or choosing devices.
+KNOB_PREFIXES = ("LLAMA_", "GGML_", "OMP_", "KMP_", "GOMP_")
+KNOB_NAMES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+              "CUDA_LAUNCH_BLOCKING", "GPU_DEVICE_ORDINAL")
+_NOT_KNOBS = re.compile(r"TOKEN|SECRET|PASSWORD|KEY$|CREDENTIAL", re.IGNORECASE)
+
+
+def effective_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The result-changing knobs set in this process now (what llama.cpp will read)."""
+    environ = os.environ if environ is None else environ
+    return {
+        k: v for k, v in sorted(environ.items())
+        if (k.startswith(KNOB_PREFIXES) or k in KNOB_NAMES) and not _NOT_KNOBS.search(k)
+    }
+
+
+def run_facts(model_path: str) -> dict:
+    """Attempt columns about the process and files a cell ran with, read when it runs."""
+    env = effective_env()
+    return {
+        "env_effective": json.dumps(env, sort_keys=True),
+        "llama_attn_rot_disable": env.get("LLAMA_ATTN_ROT_DISABLE", ""),
+        "model_file_bytes": os.path.getsize(model_path) if os.path.exists(model_path) else None,
+    }
+
+
 @lru_cache(maxsize=1)
 def probe_host() -> HostProbe:
     devices = _ggml_devices()
@@ -213,6 +262,7 @@ def probe_host() -> HostProbe:
         ggml_version=ggml_version,
         llama_version=llama_version,
         system_info=system_info,
+        driver_version=driver_version(),
     )
 
 
