@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("run_dir", type=Path)
     sql.add_argument("query", nargs="?", help='e.g. "SELECT config, ppl, kld_mean FROM quality"')
 
+    export = command("export", "speed results in llama-bench's jsonl or sql output (for compare-llama-bench.py)", cmd_export)
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("jsonl", "sql"), default="jsonl")
+    export.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    export.add_argument("--build-commit", help="label the rows with this build_commit instead of the recorded one")
+
     make = command("make-model", "write a tiny generated GGUF model (what the demo runs)", cmd_make_model)
     make.add_argument("out", type=Path)
     make.add_argument("--arch", default="llama")
@@ -190,6 +196,17 @@ def cmd_sql(args) -> int:
         run_query(args.run_dir, args.query)
     else:
         shell(args.run_dir)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kvsweep.analysis.export import export
+
+    text = export(args.run_dir, args.format, args.build_commit)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -132,6 +132,30 @@ def _ggml_devices() -> list[Device]:
     return devices
 
 
+def _registry_backends() -> str:
+    """llama-bench's `backends` (test::get_backend): the names of ggml's backend registries
+    except CPU (so BLAS counts, as in llama-bench), "RPC" when an RPC registry has devices,
+    joined by ","; "CPU" when nothing else is there."""
+    ggml = _lib("libggml.so" if platform.system() != "Darwin" else "libggml.dylib")
+    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    base.ggml_backend_reg_name.restype = ctypes.c_char_p
+    base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+    names, rpc = [], False
+    for i in range(ggml.ggml_backend_reg_count()):
+        reg = ggml.ggml_backend_reg_get(i)
+        name = base.ggml_backend_reg_name(reg).decode()
+        if name.startswith("RPC"):
+            rpc = rpc or base.ggml_backend_reg_dev_count(reg) > 0
+        elif name != "CPU":
+            names.append(name)
+    return ",".join(names + (["RPC"] if rpc else [])) or "CPU"
+
+
 def _build_strings() -> tuple[str, str, str, str]:
     import llama_cpp
 
@@ -239,7 +263,6 @@ def run_facts(model_path: str) -> dict:
 def probe_host() -> HostProbe:
     devices = _ggml_devices()
     gpus = [d for d in devices if d.kind != "cpu"]
-    backends = sorted({d.backend for d in gpus}) or ["CPU"]
     commit, ggml_version, llama_version, system_info = _build_strings()
     ram_total, ram_free = _ram()
     try:
@@ -253,7 +276,7 @@ def probe_host() -> HostProbe:
         physical_cores=_physical_cores(),
         ram_total=ram_total,
         ram_free=ram_free,
-        backends=",".join(backends),
+        backends=_registry_backends(),
         primary_backend=gpus[0].backend if gpus else "CPU",
         unified_memory=any(d.backend == "Metal" for d in gpus),
         devices=devices,
