@@ -187,6 +187,11 @@ class Model:
             n = self._L.llama_tokenize(self.vocab, data, len(data), out, -n, add_special, False)
         return np.frombuffer(out, dtype=np.int32, count=n).copy()
 
+    def tokenize_corpus(self, text: str) -> np.ndarray:
+        """A corpus file's tokens exactly as `llama-perplexity -f FILE` gets them: common/arg.cpp
+        drops one trailing newline from the file's text before common_tokenize(..., true)."""
+        return self.tokenize(text[:-1] if text.endswith("\n") else text, add_special=True)
+
     def close(self) -> None:
         if self.ptr:
             self._L.llama_model_free(self.ptr)
