@@ -8,9 +8,9 @@
    the cache (and restores the same depth state) first, as a speed cell does. Reported: mean
    t/s of each and the ratio (target: kvsweep >= 0.98 x bare).
 2. KL reduction: kl_math's Reducer on random float32 logits of `--vocab` entries: the
-   baseline pass (once per piece) and the per-compared-cache pass, in ms per scored token,
-   next to the time llama.cpp takes to decode a token of the same model size would be
-   model-specific, so it is not guessed here.
+   baseline pass (once per piece, shared by every compared cache) and the pass per compared
+   cache, in ms per scored token. (What that costs relative to decoding depends on the model,
+   so it is not guessed here: compare with the model's own prompt t/s.)
 """
 
 from __future__ import annotations
