@@ -62,6 +62,10 @@ def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: 
 
     labels = {LABEL_HOST_CLASS: host_class} if host_class else {}
     ray.init(
+        # "local": always a new cluster of our own. Without it ray.init() joins a cluster that
+        # another process on this machine started (found through /tmp/ray/ray_current_cluster)
+        # and then refuses num_cpus.
+        address="local",
         num_cpus=num_cpus or n_workers,
         resources={WORKER_RESOURCE: n_workers},
         include_dashboard=False,
