@@ -117,7 +117,7 @@ def emulated_quality(model_path: Path, a) -> dict:
 
     nxt = np.concatenate([tokens[c * n_ctx + first + 1:(c + 1) * n_ctx] for c in range(n_chunk)])
     base = [ra.store_base(x) for x in scored_logits(a.baseline)]
-    out = {}
+    out = {"base_file": compare_base_file(a.out / "base.kld", tokens, base)}
     for t in a.types:
         per = [ra.compare(b, x, nxt[i * (n_ctx - 1 - first):(i + 1) * (n_ctx - 1 - first)])
                for i, (b, x) in enumerate(zip(base, scored_logits(t)))]
@@ -126,6 +126,24 @@ def emulated_quality(model_path: Path, a) -> dict:
         out[t] = ra.statistics(joined)
     model.close()
     return out
+
+
+def compare_base_file(path: Path, tokens, base) -> dict:
+    """llama-perplexity's --kl-divergence-base file against the same 16-bit encoding of
+    kvsweep's baseline logits: same tokens? how many rows differ, by how many steps?"""
+    import numpy as np
+
+    raw = path.read_bytes()
+    n_ctx, n_vocab, n_chunk = (int(v) for v in np.frombuffer(raw[8:20], dtype=np.int32))
+    start = 20 + 4 * n_ctx * n_chunk
+    file_tokens = np.frombuffer(raw[20:start], dtype=np.int32)
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    rows = np.frombuffer(raw[start:], dtype=np.uint16).reshape(-1, nv)[:, 4:4 + n_vocab]
+    mine = np.concatenate([b.q16 for b in base])
+    steps = np.abs(rows.astype(np.int64) - mine.astype(np.int64))
+    return {"tokens_equal": bool(np.array_equal(file_tokens, tokens[: n_ctx * n_chunk])),
+            "rows": int(len(rows)), "rows_differing": int((steps.max(axis=1) > 0).sum()),
+            "max_steps": int(steps.max())}
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -249,6 +267,12 @@ def quality_table(kv: dict, ref: dict, emu: dict, a) -> str:
     rows.append(f"| {a.baseline} | PPL without --kl-divergence (llama-perplexity's plain run) "
                 f"| {sig(kv_base.get('ppl'))} | {sig(base_run.get('ppl'))} "
                 f"| {agree(kv_base.get('ppl'), base_run.get('ppl'), 4)} | | |")
+    bf = emu.get("base_file")
+    if bf:
+        rows.append(f"\nThe baseline file llama-perplexity wrote (`--kl-divergence-base`) against the same "
+                    f"16-bit encoding of kvsweep's {a.baseline} logits: tokens identical: {bf['tokens_equal']}; "
+                    f"{bf['rows_differing']} of {bf['rows']} rows differ (largest difference "
+                    f"{bf['max_steps']} steps of 1/65535).")
     return "\n".join(rows)
 
 

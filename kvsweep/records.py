@@ -125,6 +125,7 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("graph_splits_tg", pa.int32()),  # single-token graph splits
         ("graph_splits_ref", pa.int32()),  # splits of an f16/f16 context of the same shape (GPU only)
         ("kv_devices", pa.string()),  # device(s) holding the KV cache, e.g. "CUDA0" or "CPU"
+        ("worker_niceness", pa.int32()),  # the worker process's niceness when the cell ran
         # quality summary (exact statistics come from the tokens table)
         ("n_chunks", pa.int32()),
         ("n_tokens", pa.int64()),

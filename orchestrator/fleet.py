@@ -58,6 +58,10 @@ class WorkerSlot:
 
 def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "") -> None:
     prepare_loopback_env()
+    # Ray starts worker processes at niceness 15 unless told otherwise: on a host where anything
+    # else runs, the timed loops would then lose the CPU to it and llama-bench (niceness 0) would
+    # not (attempt rows record the niceness a cell ran at: `worker_niceness`).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     labels = {LABEL_HOST_CLASS: host_class} if host_class else {}

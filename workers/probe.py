@@ -256,6 +256,8 @@ def run_facts(model_path: str) -> dict:
         "env_effective": json.dumps(env, sort_keys=True),
         "llama_attn_rot_disable": env.get("LLAMA_ATTN_ROT_DISABLE", ""),
         "model_file_bytes": os.path.getsize(model_path) if os.path.exists(model_path) else None,
+        # Ray's default for workers is 15: timings then lose the CPU to any other process
+        "worker_niceness": os.nice(0),
     }
 
 
