@@ -204,17 +204,30 @@ def kvsweep_speed(out: Path, model: Path, a, round_no: int) -> list[dict]:
     return speed_tests(run_dir)
 
 
+def _complete(cmd: list, parse, wanted: set, log: Path, tries: int = 3) -> dict:
+    """Run a llama.cpp tool until its printout has every wanted figure: its log goes through a
+    background thread (common/log.cpp) and the last lines are now and then lost at exit."""
+    for _ in range(tries):
+        out = sh(cmd)
+        log.write_text(out.stdout + out.stderr)
+        parsed = parse(out.stdout + out.stderr)
+        if wanted <= parsed.keys():
+            return parsed
+    return parsed
+
+
 def reference_quality(out: Path, model: Path, tools: Path, a) -> dict:
     common = [tools / "llama-perplexity", "-m", model, "-f", CORPUS, "-c", a.n_ctx, "-b", a.n_ctx,
               "-ub", a.ubatch, "-t", a.threads, "-fa", "on", "-ngl", 999]
     base_file = out / "base.kld"
-    text = sh(common + ["-ctk", a.baseline, "-ctv", a.baseline, "--kl-divergence-base", base_file])
-    (out / "llama-perplexity-base.log").write_text(text.stdout + text.stderr)
-    results = {a.baseline: {"baseline_run": parse_ppl(text.stdout + text.stderr)}}
+    base = ["-ctk", a.baseline, "-ctv", a.baseline]
+    sh(common + base + ["--kl-divergence-base", base_file])  # writes the 16-bit baseline
+    plain = _complete(common + base, parse_ppl, {"ppl"}, out / "llama-perplexity-plain.log")
+    results = {a.baseline: {"baseline_run": plain}}
     for t in a.types:
-        text = sh(common + ["-ctk", t, "-ctv", t, "--kl-divergence", "--kl-divergence-base", base_file])
-        (out / f"llama-perplexity-{t}.log").write_text(text.stdout + text.stderr)
-        results.setdefault(t, {}).update(parse_kld(text.stdout + text.stderr))
+        cmd = common + ["-ctk", t, "-ctv", t, "--kl-divergence", "--kl-divergence-base", base_file]
+        parsed = _complete(cmd, parse_kld, set(KLD_PATTERNS), out / f"llama-perplexity-{t}.log")
+        results.setdefault(t, {}).update(parsed)
     return results
 
 
