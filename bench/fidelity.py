@@ -33,13 +33,14 @@ CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"
 COMPARE = ROOT / "tests" / "data" / "llama_cpp" / "compare-llama-bench.py"
 
 
-def sh(cmd: list, **kw) -> subprocess.CompletedProcess:
-    print("$", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-    if out.returncode != 0:
+def sh(cmd: list, tries: int = 1, **kw) -> subprocess.CompletedProcess:
+    for attempt in range(tries):
+        print("$", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
+        out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+        if out.returncode == 0:
+            return out
         sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
-        raise SystemExit(f"command failed ({out.returncode}): {cmd[0]}")
-    return out
+    raise SystemExit(f"command failed ({out.returncode}): {cmd[0]}")
 
 
 # -- llama-perplexity's printout ------------------------------------------------------------
@@ -182,7 +183,9 @@ n_ubatch = {a.ubatch}
 
 
 def kvsweep(*args) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "kvsweep", *args], cwd=ROOT)
+    # a second try resumes the run: on a shared machine another user's `ray stop` can end
+    # the embedded cluster mid-run
+    return sh([sys.executable, "-m", "kvsweep", *args], tries=2, cwd=ROOT)
 
 
 def kvsweep_quality(out: Path, model: Path, a) -> dict:
