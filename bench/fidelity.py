@@ -310,6 +310,23 @@ def speed_table(kv_rounds: list[list[dict]], ref_rounds: list[list[dict]], a) ->
     return "\n".join(rows)
 
 
+def field_differences(reference: list[dict], ours: list[dict]) -> str:
+    """Every llama-bench field (but the timings) where kvsweep's export of a test differs from
+    llama-bench's own JSONL of the same test."""
+    timing = {"test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts"}
+    lines = []
+    for ref in reference:
+        mine = next(t for t in ours if (t["n_prompt"], t["n_gen"], t["n_depth"])
+                    == (ref["n_prompt"], ref["n_gen"], ref["n_depth"]))
+        if list(mine) != list(ref):
+            lines.append(f"field order differs: {list(mine)} vs {list(ref)}")
+        diff = [f"`{k}` {mine.get(k)!r} (llama-bench {ref[k]!r})" for k in ref
+                if k not in timing and mine.get(k) != ref[k]]
+        lines.append(f"{ref['n_prompt'] and 'pp' or 'tg'}: same fields in the same order; values differ only in "
+                     + (", ".join(diff) or "nothing"))
+    return "\n".join(f"- {line}" for line in lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tools", type=Path, default=Path.home() / ".cache/kvsweep/llama-ref/build/bin")
@@ -362,6 +379,8 @@ def main() -> None:
                                   "-b", ref_commit, "-c", "kvsweep"], capture_output=True, text=True)
         sections = [
             f"## Speed: {a.speed_type}, {a.rounds} rounds x {a.reps} repetitions\n\n" + speed_table(kv_s, ref_s, a),
+            "## `kvsweep export` against llama-bench's own JSONL, field by field\n\n"
+            + field_differences(ref_s[0], speed_tests(a.out / "run-speed-0")),
             "## llama.cpp's compare-llama-bench.py on both (every round; kvsweep's rows via "
             "`kvsweep export --build-commit kvsweep`)\n\n" + (compare.stdout.strip() or compare.stderr.strip()),
         ]

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import os
 import platform

@@ -82,14 +82,15 @@ def slug(text: str) -> str:
 
 
 def _lib(name: str) -> ctypes.CDLL:
+    """One of llama-cpp-python's bundled libraries, by its stem: "ggml", "ggml-base"."""
     import llama_cpp
 
-    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", name))
+    ext = "dylib" if platform.system() == "Darwin" else "so"
+    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", f"lib{name}.{ext}"))
 
 
 def _ggml_devices() -> list[Device]:
-    ggml, base = _lib("libggml.so" if platform.system() != "Darwin" else "libggml.dylib"), None
-    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    ggml, base = _lib("ggml"), _lib("ggml-base")
     ggml.ggml_backend_load_all.restype = None
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -136,8 +137,7 @@ def _registry_backends() -> str:
     """llama-bench's `backends` (test::get_backend): the names of ggml's backend registries
     except CPU (so BLAS counts, as in llama-bench), "RPC" when an RPC registry has devices,
     joined by ","; "CPU" when nothing else is there."""
-    ggml = _lib("libggml.so" if platform.system() != "Darwin" else "libggml.dylib")
-    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    ggml, base = _lib("ggml"), _lib("ggml-base")
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
@@ -159,7 +159,7 @@ def _registry_backends() -> str:
 def _build_strings() -> tuple[str, str, str, str]:
     import llama_cpp
 
-    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    base = _lib("ggml-base")
     base.ggml_commit.restype = ctypes.c_char_p
     base.ggml_version.restype = ctypes.c_char_p
     return (
