@@ -146,8 +146,13 @@ def speed_vs_depth(kind: str, test: str, model: str, host_class: str, rows: list
         failed_any |= bool(failed)
         _fail_marks(ax, failed, style[c])
     _depth_axis(ax, [r["n_depth"] for r in rows])
-    ax.set_yscale("log")
-    _plain_log_labels(ax)
+    if any(r[value] for r in rows):
+        ax.set_yscale("log")
+        _plain_log_labels(ax)
+    else:  # nothing was measured here (e.g. every cell predicted out of memory): say so
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no measurements", transform=ax.transAxes, ha="center", va="center",
+                fontsize=11, color="#667085")
     ax.set_ylabel(f"{test} tokens/s (± sd)")
     what = "Generation" if kind == "tg" else "Prompt processing"
     title = f"{what} ({test}) vs depth: {model} on {host_class}"
@@ -188,9 +193,9 @@ def memory_vs_depth(model: str, host_class: str, rows: list[dict], hosts: list[d
                     xy=(0.01, h["device_memory_total"]), xycoords=("axes fraction", "data"),
                     xytext=(0, 3 + 11 * i), textcoords="offset points", fontsize=8, color="#b42318")
     _depth_axis(ax, [r["n_depth"] for r in rows])
-    ax.set_yscale("log", base=2)
     values = [r["memory_bytes"] for r in rows if r["memory_bytes"]] + ([top] if top else [])
     if values:
+        ax.set_yscale("log", base=2)
         lo, hi = min(values) / 2, max(values) * 3
         ax.set_ylim(lo, hi)
         ax.set_yticks(_binary_ticks(lo, hi))

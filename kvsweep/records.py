@@ -115,6 +115,17 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("model_n_params", pa.int64()),
         ("kv_bytes", pa.int64()),
         ("predicted_bytes", pa.int64()),
+        # provenance added for measurement fidelity (docs/measurement.md)
+        ("driver_version", pa.string()),  # GPU driver where the OS tells it
+        ("env_effective", pa.string()),  # JSON: result-changing env knobs set in the worker
+        ("llama_attn_rot_disable", pa.string()),  # its LLAMA_ATTN_ROT_DISABLE ('' = unset)
+        ("model_file_bytes", pa.int64()),  # the GGUF file's size on disk
+        ("graph_nodes", pa.int32()),  # llama.cpp's worst-case graph for the context
+        ("graph_splits", pa.int32()),  # prompt graph splits (backend changes)
+        ("graph_splits_tg", pa.int32()),  # single-token graph splits
+        ("graph_splits_ref", pa.int32()),  # splits of an f16/f16 context of the same shape (GPU only)
+        ("kv_devices", pa.string()),  # device(s) holding the KV cache, e.g. "CUDA0" or "CPU"
+        ("worker_niceness", pa.int32()),  # the worker process's niceness when the cell ran
         # quality summary (exact statistics come from the tokens table)
         ("n_chunks", pa.int32()),
         ("n_tokens", pa.int64()),

@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     workers = command("workers", "list the fleet's workers (or this host without --address)", cmd_workers)
     workers.add_argument("--address", help="the head, HEAD_IP:6379")
 
+    export = command("export", "speed results in llama-bench's jsonl or sql output (for compare-llama-bench.py)", cmd_export)
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("jsonl", "sql"), default="jsonl")
+    export.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    export.add_argument("--build-commit", help="label the rows with this build_commit instead of the recorded one")
+
     make = command("make-model", "write a tiny generated GGUF model (what the demo runs)", cmd_make_model)
     make.add_argument("out", type=Path)
     make.add_argument("--arch", default="llama")
@@ -278,6 +284,17 @@ def cmd_workers(args) -> int:
     from kvsweep.orchestrator import fleet_cli
 
     fleet_cli.print_workers(fleet_cli.list_workers(args.address))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kvsweep.analysis.export import export
+
+    text = export(args.run_dir, args.format, args.build_commit)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

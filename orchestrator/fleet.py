@@ -76,11 +76,18 @@ class WorkerSlot:
 
 def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "") -> None:
     prepare_loopback_env()
+    # Ray starts worker processes at niceness 15 unless told otherwise: on a host where anything
+    # else runs, the timed loops would then lose the CPU to it and llama-bench (niceness 0) would
+    # not (attempt rows record the niceness a cell ran at: `worker_niceness`).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     labels = {LABEL_HOST_CLASS: host_class} if host_class else {}
     ray.init(
-        address="local",  # always a new cluster: never attach to a `ray start` one by accident
+        # "local": always a new cluster of our own. Without it ray.init() joins a cluster that
+        # another process on this machine started (found through /tmp/ray/ray_current_cluster)
+        # and then refuses num_cpus.
+        address="local",
         num_cpus=num_cpus or n_workers,
         resources={WORKER_RESOURCE: n_workers},
         include_dashboard=False,
@@ -215,5 +222,6 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
             "backends": probe.backends,
             "cpu_info": probe.cpu_info,
             "gpu_info": probe.gpu_info,
+            "driver_version": probe.driver_version,
         },
     )

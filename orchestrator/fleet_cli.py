@@ -77,6 +77,9 @@ def _ray_env(ip: str = "") -> dict:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray starts workers at niceness 15: timed loops would lose the CPU to anything else on
+    # the host, and llama-bench (niceness 0) would not (see docs/fidelity.md)
+    env["RAY_worker_niceness"] = "0"
     if ip and ipaddress.ip_address(ip).is_loopback:
         # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

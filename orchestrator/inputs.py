@@ -104,7 +104,7 @@ def _check_corpus_length(matrix: Matrix, out: ResolvedInputs) -> None:
             out.problems.append(f"{matrix.source}: [models] llama.cpp cannot read {m.path}: {exc}")
             continue
         try:
-            n = len(vocab.tokenize(out.corpus_text))
+            n = len(vocab.tokenize_corpus(out.corpus_text))
         finally:
             vocab.close()
         out.corpus_tokens[m.spec.name] = n

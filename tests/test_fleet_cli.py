@@ -56,6 +56,7 @@ def test_join_runs_ray_start_with_the_probe(monkeypatch):
     assert code == 0
     (cmd, env), = calls
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["RAY_worker_niceness"] == "0"  # timed cells must not run niced
     assert f"--labels={LABEL_HOST_CLASS}=metal-m5-max,{LABEL_BACKEND}=Metal,{LABEL_MEMORY}={128 * 2**30}" in cmd
     assert published == [("10.0.0.5:6379", advert)]
 
@@ -110,6 +111,10 @@ def test_a_real_head_lists_its_worker_and_runs_a_sweep(tmp_path):
         done = kvsweep("run", matrix, "--address", "127.0.0.1:6379", "--run-dir", tmp_path / "run", "--no-progress")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "16 planned" in done.stdout and "16 ok" in done.stdout
+        from kvsweep.analysis.db import connect
+
+        niceness = connect(tmp_path / "run").execute("SELECT DISTINCT worker_niceness FROM attempts").fetchall()
+        assert niceness == [(0,)]
         # nothing listens beyond loopback
         # nothing of this head listens beyond loopback (its fixed ports; other Ray clusters on
         # the machine, e.g. other test runs, are not this test's business)
@@ -134,18 +139,47 @@ def stop_cluster(gcs_address: str) -> None:
     port = gcs_address.rsplit(":", 1)[1]
 
     def processes() -> list[tuple[int, str]]:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        return [(int(p), a) for p, a in (line.strip().split(None, 1) for line in out.splitlines() if line.strip())]
-
-    sessions = {m.group(1) for _, args in processes() if "gcs_server" in args and f"--gcs_server_port={port}" in args
-                for m in [re.search(r"--session-name=(\S+)", args)] if m}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, args in processes():
-            if any(session in args for session in sessions):
+        """(pid, command line) of every process, from /proc (ps may cut long lines)."""
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
                 try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+                    raw = open(f"/proc/{entry}/cmdline", "rb").read()
+                except OSError:
+                    continue
+                if raw:
+                    out.append((int(entry), raw.replace(b"\0", b" ").decode(errors="replace").strip()))
+        return out
+
+    sessions = {m.group(1) for _, args in processes()
+                if args.split()[0].endswith("/gcs_server") and f"--gcs_server_port={port}" in args.split()
+                for m in [re.search(r"--session-name=(session_\S+)", args)] if m}
+
+    def tree() -> set[int]:
+        """The cluster's processes and their descendants (Ray renames its workers and agents,
+        e.g. ray::DashboardAgent, so their command lines no longer name the session)."""
+        parent = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = open(f"/proc/{entry}/stat").read()
+                except OSError:
+                    continue
+                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        found = {pid for pid, args in processes() if any(s in args for s in sessions)}
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parent.items() if ppid in found} - found
+            found |= more
+            grew = bool(more)
+        return found - {os.getpid()}
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in tree():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(any(s in a for s in sessions) for _, a in processes()):
+        while time.monotonic() < deadline and tree():
             time.sleep(0.2)

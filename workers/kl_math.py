@@ -141,16 +141,21 @@ class Reducer:
 
 
 _SERIES_LIMIT = np.float32(0.1)
+_SERIES = tuple(np.float32(c) for c in (1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2))
 
 
 def _expm1_minus_x(x: np.ndarray) -> np.ndarray:
     """expm1(x) - x in float32 without cancellation: Taylor series (to x^7) for |x| < 0.1,
-    where its truncation error is below 1e-10 relative; directly elsewhere."""
-    direct = np.expm1(x)
-    direct -= x
-    series = x * np.float32(1 / 5040)
-    for coeff in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2):
-        series += np.float32(coeff)
+    where its truncation error is below 1e-10 relative; directly elsewhere.
+
+    In-place arithmetic (one temporary for the series, no np.where copy): this runs over
+    every vocabulary entry of every scored token, and memory passes are its cost."""
+    out = np.expm1(x)
+    out -= x
+    series = np.multiply(x, _SERIES[0])
+    for coeff in _SERIES[1:]:
+        series += coeff
         series *= x
     series *= x
-    return np.where(np.abs(x) < _SERIES_LIMIT, series, direct)
+    np.copyto(out, series, where=np.abs(x) < _SERIES_LIMIT)
+    return out

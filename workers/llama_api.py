@@ -52,23 +52,35 @@ DECODE_CODES = {
 }
 
 
+# ggml_log_level
+LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_CONT = 1, 2, 3, 5
+# DEBUG lines worth keeping: where each layer's KV cache lives (llama-kv-cache.cpp logs it at
+# debug level). Every other DEBUG line is dropped: a context of a 40-layer model logs thousands
+# of them (graph input tensors), which would push the facts out of the ring buffer.
+_KEEP_DEBUG = re.compile(r"layer\s+\d+: dev = ")
+
+
 class LogCapture:
     """Keeps llama.cpp's recent log lines (process-wide: llama_log_set is global)."""
 
     _instance: LogCapture | None = None
     _lock = threading.Lock()
 
-    def __init__(self, keep: int = 400):
-        import llama_cpp
-
+    def __init__(self, keep: int = 400, install: bool = True):
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
         self.mirror = None  # a callable(line) the worker sets: lines also go to its log file
         self._partial = ""
+        self._level = 0  # level of the line being assembled (CONT continues it)
         self.count = 0  # lines seen so far, to read "lines since" a mark
+        if install:
+            self._install()
+
+    def _install(self) -> None:
+        import llama_cpp
 
         @llama_cpp.llama_log_callback
         def _callback(level, text, user_data):  # noqa: ARG001 - ctypes signature
-            self._feed(text.decode("utf-8", errors="replace"))
+            self._feed(text.decode("utf-8", errors="replace"), level)
 
         self._callback = _callback  # keep a reference: ctypes must not free it
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
@@ -80,15 +92,20 @@ class LogCapture:
                 cls._instance = cls()
             return cls._instance
 
-    def _feed(self, text: str) -> None:
+    def _feed(self, text: str, level: int = 0) -> None:
+        if level != LOG_CONT:
+            self._level = level
         text = self._partial + text
         *complete, self._partial = text.split("\n")
         for line in complete:
-            if line.strip():
-                self.lines.append(line)
-                self.count += 1
-                if self.mirror is not None:
-                    self.mirror(line)
+            if not line.strip():
+                continue
+            if self._level == LOG_DEBUG and not _KEEP_DEBUG.search(line):
+                continue
+            self.lines.append(line)
+            self.count += 1
+            if self.mirror is not None:
+                self.mirror(line)
 
     def mark(self) -> int:
         return self.count
@@ -146,6 +163,7 @@ class Model:
                 raise OutOfMemory(f"could not allocate memory to load {path}", tail)
             raise LlamaError(f"llama.cpp failed to load model {path}", tail)
         self.path = path
+        self.n_gpu_layers = n_gpu_layers
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         buf = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self.ptr, buf, len(buf))
@@ -171,6 +189,11 @@ class Model:
             out = (self._L.llama_token * -n)()
             n = self._L.llama_tokenize(self.vocab, data, len(data), out, -n, add_special, False)
         return np.frombuffer(out, dtype=np.int32, count=n).copy()
+
+    def tokenize_corpus(self, text: str) -> np.ndarray:
+        """A corpus file's tokens exactly as `llama-perplexity -f FILE` gets them: common/arg.cpp
+        drops one trailing newline from the file's text before common_tokenize(..., true)."""
+        return self.tokenize(text[:-1] if text.endswith("\n") else text, add_special=True)
 
     def close(self) -> None:
         if self.ptr:
@@ -198,7 +221,22 @@ class ContextFacts:
     flash_attn_enabled: bool | None = None
     attn_rot_k: bool | None = None
     attn_rot_v: bool | None = None
+    # the scheduler's worst-case graphs (prompt: n_ubatch tokens; generation: 1 token). More
+    # splits than an f16/f16 context of the same shape means some op left the GPU.
+    graph_nodes: int | None = None
+    graph_splits: int | None = None  # prompt-processing graph
+    graph_splits_tg: int | None = None  # single-token graph
+    kv_devices: list[str] = field(default_factory=list)  # device of each layer's KV cache
+    # "layer N is assigned to device A but Flash Attention is assigned to device B": llama.cpp's
+    # own check (flash_attn auto) that the FA kernel is missing on the layer's device
+    fa_device_mismatch: tuple[str, str] | None = None
+    flash_attn_auto_disabled: bool = False
     log: list[str] = field(default_factory=list)
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether this context keeps any KV layer on a non-CPU device."""
+        return any(not d.upper().startswith("CPU") for d in self.kv_devices)
 
 
 _ALLOC_FAILURE = re.compile(
@@ -212,9 +250,42 @@ def _mentions_allocation_failure(text: str) -> bool:
     return bool(_ALLOC_FAILURE.search(text))
 
 
+# sched_reserve's summary: "graph: nodes = 178, splits = 1, ..." or, when the prompt and
+# generation graphs differ, "graph (pp bs=512, tg bs=1): nodes = 1100 / 1090, splits = 3 / 2, ...";
+# older builds: "graph nodes  = 1100" and "graph splits = 3 (with bs=512), 2 (with bs=1)".
+_GRAPH = re.compile(
+    r"graph(?: \(pp bs=\d+, tg bs=\d+\))?: nodes = (\d+)(?: / \d+)?, splits = (\d+)(?: / (\d+))?"
+)
+_GRAPH_OLD_SPLITS = re.compile(r"graph splits\s*=\s*(\d+)(?: \(with bs=\d+\), (\d+))?")
+_GRAPH_OLD_NODES = re.compile(r"graph nodes\s*=\s*(\d+)")
+_KV_DEVICE = re.compile(r"layer\s+(\d+): dev = (\S+)")
+_FA_MISMATCH = re.compile(
+    r"layer \d+ is assigned to device (\S+) but Flash Attention is assigned to device (\S+)"
+)
+
+
 def _parse_facts(lines: list[str]) -> ContextFacts:
     facts = ContextFacts(log=lines)
     for line in lines:
+        m = _GRAPH.search(line)
+        if m:
+            facts.graph_nodes, facts.graph_splits = int(m.group(1)), int(m.group(2))
+            facts.graph_splits_tg = int(m.group(3) or m.group(2))
+        m = _GRAPH_OLD_SPLITS.search(line)
+        if m:
+            facts.graph_splits = int(m.group(1))
+            facts.graph_splits_tg = int(m.group(2) or m.group(1))
+        m = _GRAPH_OLD_NODES.search(line)
+        if m:
+            facts.graph_nodes = int(m.group(1))
+        m = _KV_DEVICE.search(line)
+        if m and "kv_cache" in line:
+            facts.kv_devices.append(m.group(2))
+        m = _FA_MISMATCH.search(line)
+        if m:
+            facts.fa_device_mismatch = (m.group(1), m.group(2))
+        if "Flash Attention not supported, set to disabled" in line:
+            facts.flash_attn_auto_disabled = True
         m = re.search(r"KV buffer size\s*=\s*([\d.]+)\s*MiB", line)
         if m:
             facts.kv_bytes += int(float(m.group(1)) * 1024 * 1024)
@@ -273,8 +344,10 @@ class Context:
         self._nseq[:] = 1
 
     # -- cache state ---------------------------------------------------------------------
-    def clear(self) -> None:
-        self._L.llama_memory_clear(self.memory, True)
+    def clear(self, data: bool = True) -> None:
+        """Empty the cache. data=False resets only its bookkeeping, as llama-bench does
+        between repetitions; data=True also zeroes the buffers, as llama-perplexity does."""
+        self._L.llama_memory_clear(self.memory, data)
 
     def pos_max(self) -> int:
         return int(self._L.llama_memory_seq_pos_max(self.memory, 0))

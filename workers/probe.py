@@ -7,6 +7,7 @@ reported is what llama.cpp will use, not what the OS happens to show.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import platform
 import re
@@ -50,6 +51,7 @@ class HostProbe:
     ggml_version: str = ""
     llama_version: str = ""
     system_info: str = ""
+    driver_version: str = ""  # GPU driver where the OS tells it (NVIDIA, AMD), macOS version on Apple
 
     @property
     def gpu_devices(self) -> list[Device]:
@@ -80,14 +82,15 @@ def slug(text: str) -> str:
 
 
 def _lib(name: str) -> ctypes.CDLL:
+    """One of llama-cpp-python's bundled libraries, by its stem: "ggml", "ggml-base"."""
     import llama_cpp
 
-    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", name))
+    ext = "dylib" if platform.system() == "Darwin" else "so"
+    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", f"lib{name}.{ext}"))
 
 
 def _ggml_devices() -> list[Device]:
-    ggml, base = _lib("libggml.so" if platform.system() != "Darwin" else "libggml.dylib"), None
-    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    ggml, base = _lib("ggml"), _lib("ggml-base")
     ggml.ggml_backend_load_all.restype = None
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -130,10 +133,33 @@ def _ggml_devices() -> list[Device]:
     return devices
 
 
+def _registry_backends() -> str:
+    """llama-bench's `backends` (test::get_backend): the names of ggml's backend registries
+    except CPU (so BLAS counts, as in llama-bench), "RPC" when an RPC registry has devices,
+    joined by ","; "CPU" when nothing else is there."""
+    ggml, base = _lib("ggml"), _lib("ggml-base")
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    base.ggml_backend_reg_name.restype = ctypes.c_char_p
+    base.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+    names, rpc = [], False
+    for i in range(ggml.ggml_backend_reg_count()):
+        reg = ggml.ggml_backend_reg_get(i)
+        name = base.ggml_backend_reg_name(reg).decode()
+        if name.startswith("RPC"):
+            rpc = rpc or base.ggml_backend_reg_dev_count(reg) > 0
+        elif name != "CPU":
+            names.append(name)
+    return ",".join(names + (["RPC"] if rpc else [])) or "CPU"
+
+
 def _build_strings() -> tuple[str, str, str, str]:
     import llama_cpp
 
-    base = _lib("libggml-base.so" if platform.system() != "Darwin" else "libggml-base.dylib")
+    base = _lib("ggml-base")
     base.ggml_commit.restype = ctypes.c_char_p
     base.ggml_version.restype = ctypes.c_char_p
     return (
@@ -186,11 +212,59 @@ def _ram() -> tuple[int, int]:
         return total, total
 
 
+def driver_version() -> str:
+    """The GPU driver's version where the OS exposes it without extra tools; '' elsewhere."""
+    try:  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 ..."
+        with open("/proc/driver/nvidia/version") as f:
+            m = re.search(r"Kernel Module\s+(\S+)", f.read())
+            if m:
+                return f"nvidia {m.group(1)}"
+    except OSError:
+        pass
+    try:
+        with open("/sys/module/amdgpu/version") as f:
+            return f"amdgpu {f.read().strip()}"
+    except OSError:
+        pass
+    if platform.system() == "Darwin":  # Metal ships with the OS
+        return f"macOS {platform.mac_ver()[0]}"
+    return ""
+
+
+# Environment variables that change what llama.cpp computes or how fast: read by llama.cpp or
+# ggml themselves (LLAMA_ATTN_ROT_DISABLE, GGML_CPU_DISABLE_FUSION, GGML_SCHED_*, ...), by the
+# OpenMP runtime ggml's CPU backend uses, or choosing devices.
+KNOB_PREFIXES = ("LLAMA_", "GGML_", "OMP_", "KMP_", "GOMP_")
+KNOB_NAMES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+              "CUDA_LAUNCH_BLOCKING", "GPU_DEVICE_ORDINAL")
+_NOT_KNOBS = re.compile(r"TOKEN|SECRET|PASSWORD|KEY$|CREDENTIAL", re.IGNORECASE)
+
+
+def effective_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The result-changing knobs set in this process now (what llama.cpp will read)."""
+    environ = os.environ if environ is None else environ
+    return {
+        k: v for k, v in sorted(environ.items())
+        if (k.startswith(KNOB_PREFIXES) or k in KNOB_NAMES) and not _NOT_KNOBS.search(k)
+    }
+
+
+def run_facts(model_path: str) -> dict:
+    """Attempt columns about the process and files a cell ran with, read when it runs."""
+    env = effective_env()
+    return {
+        "env_effective": json.dumps(env, sort_keys=True),
+        "llama_attn_rot_disable": env.get("LLAMA_ATTN_ROT_DISABLE", ""),
+        "model_file_bytes": os.path.getsize(model_path) if os.path.exists(model_path) else None,
+        # Ray's default for workers is 15: timings then lose the CPU to any other process
+        "worker_niceness": os.nice(0),
+    }
+
+
 @lru_cache(maxsize=1)
 def probe_host() -> HostProbe:
     devices = _ggml_devices()
     gpus = [d for d in devices if d.kind != "cpu"]
-    backends = sorted({d.backend for d in gpus}) or ["CPU"]
     commit, ggml_version, llama_version, system_info = _build_strings()
     ram_total, ram_free = _ram()
     try:
@@ -204,7 +278,7 @@ def probe_host() -> HostProbe:
         physical_cores=_physical_cores(),
         ram_total=ram_total,
         ram_free=ram_free,
-        backends=",".join(backends),
+        backends=_registry_backends(),
         primary_backend=gpus[0].backend if gpus else "CPU",
         unified_memory=any(d.backend == "Metal" for d in gpus),
         devices=devices,
@@ -213,6 +287,7 @@ def probe_host() -> HostProbe:
         ggml_version=ggml_version,
         llama_version=llama_version,
         system_info=system_info,
+        driver_version=driver_version(),
     )
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from kvsweep import records
 from kvsweep.cells import Cell
-from kvsweep.workers import faults, llama_api
+from kvsweep.workers import faults, llama_api, probe
+from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 from kvsweep.workers.kl_math import Reducer
 from kvsweep.workers.oom import requested_bytes
 
@@ -63,6 +64,7 @@ def run_quality_group(
     tokens: np.ndarray,
     n_threads: int,
     reducer: Reducer,
+    fallback: FallbackCheck | None = None,
 ) -> Generator[tuple[int, int], None, list[records.CellOutcome]]:
     """Run every quality cell of `cells` (one model, corpus, n_ctx and baseline) together.
 
@@ -148,8 +150,9 @@ def run_quality_group(
             yield (chunk + 1, n_chunk)
 
         finished = time.time()
+        fallback = fallback or shared_check()
         return [
-            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base)
+            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base, fallback)
             for c in compared
         ]
     finally:
@@ -196,7 +199,7 @@ def _failed(cell: Cell, started: float, exc: Exception) -> records.CellOutcome:
     )
 
 
-def _summarize(c: _Compared, n_chunk, started, finished, base) -> records.CellOutcome:
+def _summarize(c: _Compared, n_chunk, started, finished, base, fallback) -> records.CellOutcome:
     cols = {k: np.concatenate(v) for k, v in c.parts.items()}
     nll, nll_base = cols["nll"], cols["nll_base"]
     ppl, ppl_base = float(np.exp(nll.mean())), float(np.exp(nll_base.mean()))
@@ -207,6 +210,10 @@ def _summarize(c: _Compared, n_chunk, started, finished, base) -> records.CellOu
     elif ppl > IMPLAUSIBLE_PPL_RATIO * ppl_base:
         flags.append("implausible-ppl")
     ctx = c.ctx or base
+    columns, fallback_flags = context_columns(ctx, fallback)
+    flags += fallback_flags
+    if c.ctx is not None:  # the baseline's own fallback skews every KL figure of the group
+        flags += [f"baseline-{f}" for f in fallback.flags(base)[0]]
     return records.CellOutcome(
         cell_id=c.cell.cell_id,
         status=status,
@@ -223,14 +230,6 @@ def _summarize(c: _Compared, n_chunk, started, finished, base) -> records.CellOu
             "kld_mean": float(cols["kld"].mean()),
             "same_top_p": float(cols["same_top"].mean()),
         },
-        facts={
-            "kv_bytes": ctx.facts.kv_bytes,
-            "flash_attn_enabled": ctx.facts.flash_attn_enabled,
-            "attn_rot_k": ctx.facts.attn_rot_k,
-            "attn_rot_v": ctx.facts.attn_rot_v,
-            "n_threads": ctx.settings.n_threads,
-            "n_batch": ctx.settings.n_batch,
-            "n_ubatch": ctx.settings.n_ubatch,
-        },
+        facts={**columns, **probe.run_facts(ctx.model.path)},
         tokens=cols,
     )

@@ -167,7 +167,7 @@ class UnitRunner:
             if text is None:
                 with open(cell.corpus_path, encoding="utf-8") as f:
                     text = f.read()
-            self._tokens[key] = model.tokenize(text, add_special=True)
+            self._tokens[key] = model.tokenize_corpus(text)
         return self._tokens[key]
 
     def _reducer(self, n_vocab: int) -> Reducer:

@@ -20,7 +20,8 @@ import numpy as np
 
 from kvsweep import records
 from kvsweep.cells import GENERATION, PROMPT, Cell
-from kvsweep.workers import llama_api
+from kvsweep.workers import llama_api, probe
+from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 
 
 class DepthStateCache:
@@ -86,8 +87,10 @@ def run_speed_cell(
     cell: Cell,
     n_threads: int,
     depth_cache: DepthStateCache,
+    fallback: FallbackCheck | None = None,
 ) -> records.CellOutcome:
     started = time.time()
+    fallback = fallback or shared_check()
     n_prompt = cell.n_prompt if cell.kind == PROMPT else 0
     n_gen = cell.n_gen if cell.kind == GENERATION else 0
     settings = llama_api.ContextSettings(
@@ -110,8 +113,9 @@ def run_speed_cell(
         key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch,
                cell.n_ubatch, cell.n_depth)
         samples_ns: list[int] = []
+        finite = True
         for _ in range(cell.repetitions):
-            ctx.clear()
+            ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
             if cell.n_depth:
                 state = depth_cache.get(key)
                 if state is None or not ctx.restore_state(state):
@@ -123,14 +127,21 @@ def run_speed_cell(
             if n_gen:
                 test_gen(ctx, n_gen, rand)
             samples_ns.append(time.perf_counter_ns() - t0)
-        facts = ctx.facts
+            finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
+        columns, flags = context_columns(ctx, fallback)
 
     samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
+    if not finite:
+        flags.append("nonfinite")
     return records.CellOutcome(
         cell_id=cell.cell_id,
-        status=records.OK,
+        # garbage logits (e.g. a Metal command buffer that failed silently) void the timing
+        status=records.OK if finite else records.INVALID,
         started_at=started,
         finished_at=time.time(),
+        error_class="" if finite else "NonFiniteLogits",
+        error_message="" if finite else "NaN or infinite values in the logits",
+        flags=flags,
         metrics={
             "test_time": test_time,
             "avg_ns": int(statistics.fmean(samples_ns)),
@@ -140,11 +151,5 @@ def run_speed_cell(
             "samples_ns": samples_ns,
             "samples_ts": samples_ts,
         },
-        facts={
-            "kv_bytes": facts.kv_bytes,
-            "flash_attn_enabled": facts.flash_attn_enabled,
-            "attn_rot_k": facts.attn_rot_k,
-            "attn_rot_v": facts.attn_rot_v,
-            "n_threads": n_threads,
-        },
+        facts={**columns, **probe.run_facts(model.path)},
     )

@@ -61,10 +61,20 @@ WITH s AS (
     WHERE r.kind = 'quality' AND r.status = 'ok'
     GROUP BY ALL
 ), u AS (
+    -- llama-perplexity's mean_and_uncertainty() and covariance(): an uncertainty is 0 unless
+    -- N > 10 and the variance is positive; the covariance is 0 when N < 10.
     SELECT *,
-           sqrt(greatest(nll2 - nll * nll, 0) / (n_tokens - 1)) AS nll_unc,
-           sqrt(greatest(nllb2 - nllb * nllb, 0) / (n_tokens - 1)) AS nllb_unc,
-           (nll_nllb - nll * nllb) / (n_tokens - 1) AS nll_cov
+           CASE WHEN n_tokens > 10 AND nll2 - nll * nll > 0
+                THEN sqrt((nll2 - nll * nll) / (n_tokens - 1)) ELSE 0 END AS nll_unc,
+           CASE WHEN n_tokens > 10 AND nllb2 - nllb * nllb > 0
+                THEN sqrt((nllb2 - nllb * nllb) / (n_tokens - 1)) ELSE 0 END AS nllb_unc,
+           CASE WHEN n_tokens >= 10 THEN (nll_nllb - nll * nllb) / (n_tokens - 1) ELSE 0 END AS nll_cov,
+           CASE WHEN n_tokens > 10 AND kld2 - kld * kld > 0
+                THEN sqrt((kld2 - kld * kld) / (n_tokens - 1)) ELSE 0 END AS kld_unc,
+           CASE WHEN n_tokens > 10 AND dp2 - dp * dp > 0
+                THEN sqrt((dp2 - dp * dp) / (n_tokens - 1)) ELSE 0 END AS dp_unc,
+           CASE WHEN n_tokens > 10 AND dp4 - dp2 * dp2 > 0
+                THEN sqrt((dp4 - dp2 * dp2) / (n_tokens - 1)) ELSE 0 END AS dp2_unc
     FROM s
 )
 SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, host, host_class, backend,
@@ -74,17 +84,22 @@ SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, host, host_
        nll - nllb AS ln_ppl_ratio,
        sqrt(greatest(nll_unc * nll_unc + nllb_unc * nllb_unc - 2 * nll_cov, 0)) AS ln_ppl_ratio_unc,
        nll_cov / nullif(nll_unc * nllb_unc, 0) AS ln_ppl_cor,
-       kld AS kld_mean, sqrt(greatest(kld2 - kld * kld, 0) / (n_tokens - 1)) AS kld_unc,
+       kld AS kld_mean, kld_unc,
        kld_max, kq[1] AS kld_p99_9, kq[2] AS kld_p99, kq[3] AS kld_p95, kq[4] AS kld_p90,
        kq[5] AS kld_median, kq[6] AS kld_p10, kq[7] AS kld_p5, kq[8] AS kld_p1, kq[9] AS kld_p0_1,
        kld_min,
-       dp AS dp_mean, sqrt(greatest(dp2 - dp * dp, 0) / (n_tokens - 1)) AS dp_unc,
+       dp AS dp_mean, dp_unc,
        dp_max, dq[1] AS dp_p99_9, dq[2] AS dp_p99, dq[3] AS dp_p95, dq[4] AS dp_p90, dq[5] AS dp_p75,
        dq[6] AS dp_median, dq[7] AS dp_p25, dq[8] AS dp_p10, dq[9] AS dp_p5, dq[10] AS dp_p1,
        dq[11] AS dp_p0_1, dp_min,
        sqrt(dp2) AS dp_rms,
-       0.5 / nullif(sqrt(dp2), 0) * sqrt(greatest(dp4 - dp2 * dp2, 0) / (n_tokens - 1)) AS dp_rms_unc,
-       same_top AS same_top_p, sqrt(same_top * (1 - same_top) / (n_tokens - 1)) AS same_top_unc
+       0.5 / nullif(sqrt(dp2), 0) * dp2_unc AS dp_rms_unc,
+       same_top AS same_top_p, sqrt(same_top * (1 - same_top) / nullif(n_tokens - 1, 0)) AS same_top_unc,
+       exp(nll - nllb) AS ppl_ratio,
+       exp(nll - nllb) * sqrt(greatest(nll_unc * nll_unc + nllb_unc * nllb_unc - 2 * nll_cov, 0)) AS ppl_ratio_unc,
+       exp(nll) - exp(nllb) AS ppl_diff,
+       sqrt(greatest(exp(2 * nll) * nll_unc * nll_unc + exp(2 * nllb) * nllb_unc * nllb_unc
+                     - 2 * exp(nll) * exp(nllb) * nll_cov, 0)) AS ppl_diff_unc
 FROM u;
 
 -- Speed per cell (llama-bench's fields), ok attempts only.
