@@ -47,3 +47,19 @@ def print_status(run_dir: str | Path) -> None:
     print("\nleft to do (not ok, not skipped):" + ("" if left else " nothing"))
     for kind, model, n in left:
         print(f"  {model:<24} {kind:<8} {n:>7}")
+    loads = model_loads(run_dir)
+    if loads:
+        print("\nmodel loads per worker, last finished session (grouping by model keeps this low):")
+        for worker, n in sorted(loads.items()):
+            print(f"  {worker:<24} {n:>7}")
+
+
+def model_loads(run_dir: str | Path) -> dict[str, int]:
+    """Model loads per worker of the latest session that recorded them (manifest.json)."""
+    import json
+
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    for session in reversed(manifest.get("sessions", [])):
+        if session.get("model_loads"):
+            return session["model_loads"]
+    return {}

@@ -47,29 +47,15 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _file_mode())
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) fills a temporary file next to `path`; it is fsynced and renamed over
+    `path`, and the directory fsynced: readers see the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,6 +63,14 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def fsync_dir(path: Path) -> None:

@@ -135,7 +135,7 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 classes = sorted({c.host_class or c.quality_backend or "?" for c in result.summary.stranded})
                 logger.warning(f"{len(result.summary.stranded)} cells wait for a host the fleet does not "
                                f"have ({', '.join(classes)}); `kvsweep resume` runs them once it does")
-        loads = _model_loads(slots)
+        loads = _model_loads(slots) if todo else {}
         if loads:
             logger.info("model loads per worker: " + ", ".join(f"{w} {n}" for w, n in loads.items()))
             manifest = run_dir.manifest()

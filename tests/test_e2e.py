@@ -94,6 +94,11 @@ def test_sql_and_status_commands(small_run):
     assert "q4_0" in out.stdout and "kld" in out.stdout
     status = kvsweep("status", result.run_dir)
     assert status.returncode == 0 and "by status:" in status.stdout and "ok" in status.stdout
+    # one model, one worker: loaded once (quality and speed units of it ran back to back)
+    assert "model loads per worker" in status.stdout
+    from kvsweep.analysis.status import model_loads
+
+    assert list(model_loads(result.run_dir).values()) == [1]
 
 
 def test_the_embedded_cluster_listens_on_loopback_only(ray_local):

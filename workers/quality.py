@@ -25,14 +25,14 @@ from kvsweep.cells import Cell
 from kvsweep.workers import faults, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 from kvsweep.workers.kl_math import Reducer
-from kvsweep.workers.oom import requested_bytes
+from kvsweep.workers.failures import ExpectedFailure, failure_outcome
 
 # A quantized run whose PPL is this many times the baseline's is flagged: garbage output
 # (e.g. a Metal command buffer that failed silently) rather than a quantization effect.
 IMPLAUSIBLE_PPL_RATIO = 10.0
 
 
-class CorpusTooShort(ValueError):
+class CorpusTooShort(ExpectedFailure, ValueError):
     pass
 
 
@@ -101,7 +101,7 @@ def run_quality_group(
                 compared.append(_Compared(cell, llama_api.Context(model, settings(*cell.config))))
             except (llama_api.LlamaError, faults.InjectedError) as exc:
                 item = _Compared(cell, None)
-                item.failure = _failed(cell, started, exc)
+                item.failure = failure_outcome(cell, started, exc)
                 compared.append(item)
         live = [c for c in compared if c.failure is None]
 
@@ -144,7 +144,7 @@ def run_quality_group(
                             c.nonfinite = True
                         _append(c.parts, chunk, p_lo, next_tokens, scores, base_rows.nll)
                     except llama_api.LlamaError as exc:
-                        c.failure = _failed(c.cell, started, exc)
+                        c.failure = failure_outcome(c.cell, started, exc)
                 if n_score and not np.isfinite(base_rows.nll).all():
                     raise FloatingPointError("the baseline produced NaN or infinite logits")
             yield (chunk + 1, n_chunk)
@@ -182,21 +182,6 @@ def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
         ("same_top", scores.same_top),
     ):
         parts.setdefault(name, []).append(np.asarray(values).copy())
-
-
-def _failed(cell: Cell, started: float, exc: Exception) -> records.CellOutcome:
-    status = records.OOM if isinstance(exc, llama_api.OutOfMemory) else records.ERROR
-    log_tail = getattr(exc, "log_tail", "")
-    return records.CellOutcome(
-        cell_id=cell.cell_id,
-        status=status,
-        started_at=started,
-        finished_at=time.time(),
-        error_class=type(exc).__name__,
-        error_message=str(exc),
-        log_tail=log_tail,
-        facts={"needed_bytes": requested_bytes(log_tail)} if status == records.OOM else {},
-    )
 
 
 def _summarize(c: _Compared, n_chunk, started, finished, base, fallback) -> records.CellOutcome:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,11 +28,10 @@ from kvsweep.hashing import file_sha256
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
 from kvsweep.workers.kl_math import Reducer
-from kvsweep.workers.oom import requested_bytes
-from kvsweep.workers.quality import CorpusTooShort, run_quality_group
+from kvsweep.workers.failures import RETRYING_FLAG, ExpectedFailure, failure_outcome  # noqa: F401
+from kvsweep.workers.quality import run_quality_group
 from kvsweep.workers.speed import DepthStateCache, run_speed_cell
 
-RETRYING_FLAG = "oom-retrying"
 
 
 @dataclass
@@ -60,7 +58,7 @@ class RetryPolicy:
     oom_backoff_s: float = 2.0  # first wait; doubles each time (at most 60 s)
 
 
-class ModelMismatch(RuntimeError):
+class ModelMismatch(ExpectedFailure, RuntimeError):
     pass
 
 
@@ -149,7 +147,7 @@ class UnitRunner:
                     except llama_api.OutOfMemory as exc:
                         retrying = attempt.retry_state.attempt_number <= self.retry.oom_retries
                         for cell in cells:
-                            yield Finished(_failure(cell, started, exc, retrying))
+                            yield Finished(failure_outcome(cell, started, exc, retrying))
                         started = time.time()
                         raise
             for outcome in outcomes:
@@ -158,7 +156,7 @@ class UnitRunner:
             return  # every try was reported above
         except Exception as exc:  # the whole group failed the same way
             for cell in cells:
-                yield Finished(_failure(cell, started, exc))
+                yield Finished(failure_outcome(cell, started, exc))
 
     def _corpus_tokens(self, model, cell: Cell, corpora: dict[str, str]) -> np.ndarray:
         key = (cell.model_sha256, cell.corpus_sha256)
@@ -190,7 +188,7 @@ class UnitRunner:
                             )
                         except llama_api.OutOfMemory as exc:
                             retrying = attempt.retry_state.attempt_number <= self.retry.oom_retries
-                            yield Finished(_failure(cell, started, exc, retrying))
+                            yield Finished(failure_outcome(cell, started, exc, retrying))
                             started = time.time()
                             raise
                 yield Finished(outcome)
@@ -200,7 +198,7 @@ class UnitRunner:
                     yield Returned(rest, "after-oom")
                 return
             except Exception as exc:
-                yield Finished(_failure(cell, started, exc))
+                yield Finished(failure_outcome(cell, started, exc))
 
     # -- helpers ---------------------------------------------------------------------------
     def _threads(self, cell: Cell) -> int:
@@ -248,33 +246,6 @@ def _relay_progress(unit_id: str, group):
         except StopIteration as stop:
             return stop.value
         yield Progress(unit_id, done, total)
-
-
-def _failure(
-    cell: Cell, started: float, exc: BaseException, retrying: bool = False
-) -> records.CellOutcome:
-    if isinstance(exc, llama_api.OutOfMemory):
-        status = records.OOM
-    elif isinstance(exc, FloatingPointError):
-        status = records.INVALID
-    else:
-        status = records.ERROR
-    message = str(exc)
-    expected = (CorpusTooShort, ModelMismatch, FileNotFoundError, llama_api.LlamaError)
-    if status == records.ERROR and not isinstance(exc, expected):
-        message = f"{exc}\n{''.join(traceback.format_exception(exc, limit=8))}"
-    log_tail = getattr(exc, "log_tail", "")
-    return records.CellOutcome(
-        cell_id=cell.cell_id,
-        status=status,
-        started_at=started,
-        finished_at=time.time(),
-        error_class=type(exc).__name__,
-        error_message=message,
-        log_tail=log_tail,
-        flags=[RETRYING_FLAG] if retrying else [],
-        facts={"needed_bytes": requested_bytes(log_tail)} if status == records.OOM else {},
-    )
 
 
 def _physical_cores() -> int:
