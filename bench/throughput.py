@@ -12,6 +12,14 @@ Two matrices of exactly 10,000 cells (checked against the plan), on generated ti
            250 work units (a speed series per model and configuration) of 40 cells each;
 - quality: 10 models x 25 configurations x 40 n_ctx values, max_contexts 4:
            2,400 work units of 4 or 5 cells (a baseline pass shared by up to 4 caches).
+A third shape, `trickle`, is about the number of files rather than the rate: cells slower
+than the flush interval, so that nearly every flush writes a file of a few attempts, as a
+real sweep of cells taking seconds to minutes does. Time is scaled down 50 times so that it
+runs in minutes: the speed matrix with every fake cell taking 0.05 s, a flush interval of
+0.02 s, and the sink's grace before deleting files a merge replaced scaled alike (120 s ->
+2.4 s; orchestrator/sink.MERGE_GRACE_S): as many flushes happen within a grace period as at
+the defaults. Reported: flushes that wrote a file, the most attempts files on disk at once and
+the most that readers count (kvsweep/parts.live_parts), sampled every 0.1 s, and the files left.
 
 Reported per shape, from timers wrapped around run_sweep's own phases:
 - scheduler: Scheduler.run from its start until its sink is closed (every attempt in Parquet):
@@ -32,12 +40,14 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"
 K_TYPES = ["f16", "q8_0", "q5_0", "q4_1", "q4_0"]
+TRICKLE_SCALE = 0.02  # the trickle shape's time scale: 1 s of a real sweep is 0.02 s here
 
 
 def matrix_text(shape: str, models: int) -> str:
@@ -46,7 +56,7 @@ def matrix_text(shape: str, models: int) -> str:
     for seed in range(models):
         text += f'[[models]]\nname = "m{seed}"\ngenerate = {{ arch = "llama", seed = {seed} }}\n'
     text += f"[cache]\nk = [{types}]\nv = [{types}]\n"
-    if shape == "speed":
+    if shape in ("speed", "trickle"):
         depths = ", ".join(str(64 * i) for i in range(20))
         text += f"[speed]\ndepths = [{depths}]\nn_prompt = 16\nn_gen = 4\nrepetitions = 1\n"
     else:
@@ -81,6 +91,10 @@ class Timers:
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
 
+    def wrap_value(self, owner, name: str, value) -> None:
+        self._undo.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
     def restore(self) -> None:
         for owner, name, original in reversed(self._undo):
             setattr(owner, name, original)
@@ -89,6 +103,7 @@ class Timers:
 def one_shape(shape: str, args) -> dict:
     from kvsweep.analysis.db import connect
     from kvsweep.orchestrator import fleet, scheduler, sweep
+    from kvsweep.orchestrator import sink as sink_mod
     from kvsweep.orchestrator.sweep import RunOptions, run_sweep
 
     out = args.out / shape
@@ -102,14 +117,35 @@ def one_shape(shape: str, args) -> dict:
     timers.wrap(fleet, "ensure_ray", "ray_start")
     timers.wrap(fleet, "shutdown", "ray_stop")
     timers.wrap(scheduler.Scheduler, "run", "scheduler")
+    timers.wrap(sink_mod.ResultSink, "close", "sink_close", keep=lambda t, a, _: t.extra.update(sink=a[0]))
+    trickle = shape == "trickle"
+    if trickle:
+        timers.wrap_value(sink_mod, "MERGE_GRACE_S", sink_mod.MERGE_GRACE_S * TRICKLE_SCALE)
+    most_files = [0, 0]
+    stop = threading.Event()
+
+    def sample():  # the most attempts files on disk at once, and the most that count
+        from kvsweep.parts import live_parts
+
+        folder = run_dir / "results" / "attempts"
+        while not stop.wait(0.1):
+            if folder.exists():
+                most_files[0] = max(most_files[0], len(list(folder.glob("part-*.parquet"))))
+                most_files[1] = max(most_files[1], len(live_parts(folder)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     try:
-        result = run_sweep(matrix, RunOptions(run_dir=run_dir, runner="fake", n_workers=args.workers,
-                                              progress=args.live, report=False,
-                                              flush_interval_s=args.flush_every))
+        result = run_sweep(matrix, RunOptions(
+            run_dir=run_dir, runner="fake", n_workers=args.workers, progress=args.live, report=False,
+            flush_interval_s=1.0 * TRICKLE_SCALE if trickle else args.flush_every,
+            fake_cell_seconds=2.5 * TRICKLE_SCALE if trickle else 0.0))
     finally:
         timers.restore()
+        stop.set()
+        sampler.join()
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
 
@@ -140,7 +176,9 @@ def one_shape(shape: str, args) -> dict:
         "scheduler_s": sched, "cells_per_s_scheduler": plan / sched,
         "wall_s": wall, "cells_per_s_wall": plan / wall,
         "ray_start_stop_s": ray_overhead, "cells_per_s_wall_without_ray": plan / (wall - ray_overhead),
-        "parquet_files": files, "flushes_per_s": files["attempts"] / sched,
+        "parquet_files": files, "most_attempts_files": most_files[0], "most_live_files": most_files[1],
+        # a flush writes an attempts file, and a tokens file when it has token rows
+        "flushes_writing": timers.extra["sink"].files_written - files["tokens"],
         "accounting": check, "wal_left": len(wal_left), "accounted_for": ok,
         "summary": dict(result.summary.by_status),
         "load_before": load0, "load_after": load1,
@@ -161,7 +199,7 @@ def _matrix(path: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", choices=("speed", "quality", "both"), default="both")
+    p.add_argument("--shape", choices=("speed", "quality", "both", "trickle"), default="both")
     p.add_argument("--workers", type=int, default=4, help="fake worker actors on the embedded cluster")
     p.add_argument("--models", type=int, default=10)
     p.add_argument("--cells", type=int, default=10_000, help="the cell count the matrices must plan (checked)")
@@ -181,9 +219,10 @@ def main() -> None:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
     print(f"`python bench/throughput.py {' '.join(sys.argv[1:])}` (FAKE runner: measures nothing)\n")
     print("| shape | cells | units | workers | scheduler s | cells/s (scheduler) | run_sweep s | cells/s (run_sweep) "
-          "| Ray start+stop s | cells/s (run_sweep without Ray start/stop) | Parquet files (attempts + tokens) "
+          "| Ray start+stop s | cells/s (run_sweep without Ray start/stop) | flushes that wrote | "
+          "most attempts files on disk (counted by readers) | Parquet files at the end (attempts + tokens) "
           "| accounted for |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     shapes = ("speed", "quality") if args.shape == "both" else (args.shape,)
     results = []
     for shape in shapes:
@@ -193,6 +232,7 @@ def main() -> None:
         print(f"| {shape} | {r['cells']} | {r['units']} | {r['workers']} | {r['scheduler_s']:.2f} "
               f"| {r['cells_per_s_scheduler']:.0f} | {r['wall_s']:.2f} | {r['cells_per_s_wall']:.0f} "
               f"| {r['ray_start_stop_s']:.2f} | {r['cells_per_s_wall_without_ray']:.0f} "
+              f"| {r['flushes_writing']} | {r['most_attempts_files']} ({r['most_live_files']}) "
               f"| {f['attempts']} + {f['tokens']} | {'yes' if r['accounted_for'] else 'NO: ' + json.dumps(r['accounting'])} |",
               flush=True)
     load = os.getloadavg()

@@ -10,11 +10,23 @@ Two layers:
   the driver waits for more or hands out work (one Arrow IPC record costs about 0.5 ms
   whatever its row count, most of it the schema).
 - Parquet parts: buffered attempts are written as one file per flush (at least every
-  `flush_interval_s`, and at the end), so a sweep of thousands of cells makes a handful of
-  files. A flush writes the tokens file first and the attempts file second (the attempt row is
-  the commit record: token rows without one are ignored by views and resume), then empties the
-  log. The next session (under the run directory's lock) replays any log a dead driver left,
-  adding only attempts whose id is not yet in Parquet: nothing is lost, nothing written twice.
+  `flush_interval_s`, and at the end), so a sweep of thousands of quick cells makes a handful
+  of files. A flush writes the tokens file first and the attempts file second (the attempt row
+  is the commit record: token rows without one are ignored by views and resume), then empties
+  the log. The next session (under the run directory's lock) replays any log a dead driver
+  left, adding only attempts whose id is not yet in Parquet: nothing is lost, nothing written
+  twice.
+- Merging: cells slower than the flush interval make about one file per attempt, and a
+  hundred thousand small files make every read slow (bench/scale_queries.py). So the sink
+  merges its own attempts files, size-tiered: whenever the newest MERGE_FANIN files hold
+  equally many flushes they become one file (kvsweep/parts.py names it and tells readers to
+  skip what it replaces), and at the end, if the session has MERGE_FANIN files or more, they
+  become one. A session of n flushes keeps at most (MERGE_FANIN - 1) x log16(n) files and
+  rewrites each row about log16(n) times; a short one (fewer than MERGE_FANIN flushes) keeps
+  its files as they are. Replaced files are deleted MERGE_GRACE_S later (a reader that listed them
+  just before can still open them), at the end, or by the next session if this one is killed.
+  Tokens files are not merged: only flushes with quality attempts write one, and they are few
+  and large.
 """
 
 from __future__ import annotations
@@ -31,8 +43,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet, fsync_dir
+from kvsweep.parts import live_parts, part_name, split_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 _MAGIC = b"KVW1"
@@ -110,7 +124,7 @@ def read_wal(path: Path) -> list[tuple[pa.Table, pa.Table | None]]:
 
 
 def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
-    files = sorted(str(p) for p in run_dir.attempts_dir.glob("part-*.parquet")) if run_dir.attempts_dir.exists() else []
+    files = live_parts(run_dir.attempts_dir)
     if not files:
         return set()
     return set(ds.dataset(files, format="parquet").to_table(columns=["attempt_id"]).column(0).to_pylist())
@@ -119,7 +133,9 @@ def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
 def recover(run_dir: RunDir, session_id: str) -> int:
     """Move attempts from logs that dead drivers left into Parquet; returns how many.
 
-    Call with the run directory's lock held, before reading history."""
+    Call with the run directory's lock held, before reading history. Also deletes attempts
+    files that a merged file replaced and a killed driver left behind."""
+    remove_superseded(run_dir)
     wal_dir = run_dir.path / "results" / "wal"
     logs = sorted(wal_dir.glob("*.wal")) if wal_dir.exists() else []
     if not logs:
@@ -152,8 +168,27 @@ def recover(run_dir: RunDir, session_id: str) -> int:
     return sum(t.num_rows for t in attempts)
 
 
+def remove_superseded(run_dir: RunDir) -> int:
+    """Delete attempts files a merged file of theirs replaces (readers skip them already)."""
+    _, superseded = split_parts(run_dir.attempts_dir)
+    for path in superseded:
+        path.unlink(missing_ok=True)
+    if superseded:
+        fsync_dir(run_dir.attempts_dir)
+    return len(superseded)
+
+
+MERGE_FANIN = 16  # this many attempts files of one size become one
+# Replaced files are deleted this long after the merge: `kvsweep status` and reports read the
+# files they listed within seconds; an interactive `kvsweep sql` shell open for longer during a
+# sweep can find some gone (reopen it). At one flush a second at most (the default interval)
+# this leaves at most about this many replaced files on disk.
+MERGE_GRACE_S = 120.0
+
+
 class ResultSink:
-    def __init__(self, run_dir: RunDir, session_id: str, flush_interval_s: float = 1.0):
+    def __init__(self, run_dir: RunDir, session_id: str, flush_interval_s: float = 1.0,
+                 merge_fanin: int = MERGE_FANIN):
         self.run_dir = run_dir
         self.session_id = session_id
         self.flush_interval_s = flush_interval_s
@@ -166,6 +201,10 @@ class ResultSink:
         self.rows_written = 0
         self.files_written = 0
         self.log_records = 0
+        self.merge_fanin = merge_fanin
+        self.merges = 0
+        self._live: list[tuple[int, int]] = []  # flush ranges of this session's attempts files
+        self._replaced: list[tuple[float, list[Path]]] = []  # (when, files a merge replaced)
         self.wal = WriteAheadLog(run_dir.path / "results" / "wal" / f"{session_id}.wal")
 
     def add(self, row: dict, tokens: dict[str, np.ndarray] | None = None) -> None:
@@ -217,7 +256,7 @@ class ResultSink:
             return
         self.write_log()  # nothing reaches Parquet that the log does not hold
         self.wal.sync()
-        name = f"part-{self.session_id}-{self._seq:06d}.parquet"
+        name = part_name(self.session_id, self._seq)
         if self._tokens:
             atomic_write_parquet(self.run_dir.tokens_dir / name, pa.concat_tables(self._tokens))
             self.files_written += 1
@@ -225,10 +264,47 @@ class ResultSink:
         atomic_write_parquet(self.run_dir.attempts_dir / name, table)
         self.files_written += 1
         self.rows_written += len(self._rows)
+        self._live.append((self._seq, self._seq))
         self._seq += 1
         self._rows, self._tokens = [], []
         self.wal.truncate()  # everything in it is in Parquet now
+        while len(self._live) >= self.merge_fanin and \
+                len({b - a for a, b in self._live[-self.merge_fanin:]}) == 1:
+            self._merge(self.merge_fanin)
+        self._delete_replaced(time.monotonic() - MERGE_GRACE_S)
+
+    def _merge(self, n: int) -> None:
+        """The newest n attempts files of this session become one; readers skip the n at once."""
+        ranges = self._live[-n:]
+        files = [self.run_dir.attempts_dir / part_name(self.session_id, a, None if a == b else b)
+                 for a, b in ranges]
+        table = pa.concat_tables([pq.read_table(f, schema=ATTEMPTS_SCHEMA) for f in files])
+        first, last = ranges[0][0], ranges[-1][1]
+        atomic_write_parquet(self.run_dir.attempts_dir / part_name(self.session_id, first, last), table)
+        self._live[-n:] = [(first, last)]
+        self._replaced.append((time.monotonic(), files))
+        self.merges += 1
+
+    def _delete_replaced(self, before: float | None) -> None:
+        keep = []
+        for when, files in self._replaced:
+            if before is None or when <= before:
+                for f in files:
+                    f.unlink(missing_ok=True)
+            else:
+                keep.append((when, files))
+        if len(keep) < len(self._replaced):
+            fsync_dir(self.run_dir.attempts_dir)
+        self._replaced = keep
+
+    @property
+    def attempts_files(self) -> int:
+        """This session's attempts files that count (merged ones replace what they hold)."""
+        return len(self._live)
 
     def close(self) -> None:
         self.flush()
+        if len(self._live) >= self.merge_fanin:
+            self._merge(len(self._live))  # a long session's attempts: one file
+        self._delete_replaced(None)
         self.wal.close(remove=True)
