@@ -220,6 +220,10 @@ def main() -> None:
     print(f"`python bench/handmade.py {' '.join(sys.argv[1:])}`; model {model.name} "
           f"({model.stat().st_size / 2**20:.0f} MiB)\n")
 
+    # what one more tool process costs the hand-made way: start, load the model, one token
+    probe = [a.tools / "llama-bench", "-m", model, "-p", 1, "-n", 0, "-r", 1, "-t", a.threads, "-o", "jsonl"]
+    per_process = statistics.median(run_timed(probe)[0] for _ in range(5))
+
     hand, kv = [], []
     for r in range(a.rounds):
         order = ("kv", "hand") if r % 2 == 0 else ("hand", "kv")
@@ -243,7 +247,10 @@ def main() -> None:
     fixed = statistics.fmean(sum(x["timers"].get(n, 0) for n in ("ensure_ray", "create_slots", "shutdown")) for x in kv)
     print(f"| mean | {hs:.2f} | {ks:.2f} | {fixed:.2f} | {ks - fixed:.2f} | **{ks / hs:.3f}** | {(ks - fixed) / hs:.3f} |")
     reruns = sum(h["reruns"] for h in hand)
-    print(f"\nThe baseline's logits file (--kl-divergence-base) was {hand[0]['base_file_bytes'] / 2**20:.1f} MiB; "
+    print(f"\nOne tool process that loads the model and decodes one token (`llama-bench -p 1 -n 0 -r 1`): "
+          f"{per_process:.2f} s (median of 5); the hand-made way starts {hand[0]['processes']}, kvsweep loads "
+          "the model once per worker.")
+    print(f"The baseline's logits file (--kl-divergence-base) was {hand[0]['base_file_bytes'] / 2**20:.1f} MiB; "
           f"llama-perplexity runs rerun for a lost printout (not timed): {reruns}. "
           f"kvsweep cells: {kv[0]['statuses']}.")
 

@@ -119,13 +119,17 @@ def one_shape(shape: str, args) -> dict:
     timers.wrap(scheduler.Scheduler, "run", "scheduler")
     timers.wrap(sink_mod.ResultSink, "close", "sink_close", keep=lambda t, a, _: t.extra.update(sink=a[0]))
     trickle = shape == "trickle"
-    if trickle:
+    if trickle and hasattr(sink_mod, "MERGE_GRACE_S"):  # (a kvsweep before merging has none)
         timers.wrap_value(sink_mod, "MERGE_GRACE_S", sink_mod.MERGE_GRACE_S * TRICKLE_SCALE)
     most_files = [0, 0]
     stop = threading.Event()
 
     def sample():  # the most attempts files on disk at once, and the most that count
-        from kvsweep.parts import live_parts
+        try:
+            from kvsweep.parts import live_parts
+        except ImportError:  # a kvsweep before merging: every file counts
+            def live_parts(folder):
+                return list(folder.glob("part-*.parquet"))
 
         folder = run_dir / "results" / "attempts"
         while not stop.wait(0.1):
