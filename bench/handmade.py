@@ -276,6 +276,7 @@ def main() -> None:
     print("| cache | depth | test | kvsweep | llama-bench | kvsweep / llama-bench | within 2 sd of the difference |")
     print("|---|---|---|---|---|---|---|")
     inside = total = 0
+    ratios = []
     for t in a.types:
         for d in a.depths:
             for kind in ("pp", "tg"):
@@ -283,10 +284,13 @@ def main() -> None:
                 bm, bsd = mean_sd(pooled(hand, (t, d, kind)))
                 ok = abs(km - bm) <= 2 * (ksd * ksd + bsd * bsd) ** 0.5
                 inside, total = inside + ok, total + 1
+                ratios.append(km / bm)
                 name = f"pp{a.n_prompt}" if kind == "pp" else f"tg{a.n_gen}"
                 print(f"| {t} | {d} | {name} | {km:.1f} ± {ksd:.1f} | {bm:.1f} ± {bsd:.1f} | {km / bm:.3f} "
                       f"| {'yes' if ok else 'no'} |")
-    print(f"\n{inside} of {total} speed figures agree within 2 standard deviations of their difference.")
+    print(f"\n{inside} of {total} speed figures agree within 2 standard deviations of their difference; "
+          f"median kvsweep / llama-bench {statistics.median(ratios):.3f}, {sum(r < 1 for r in ratios)} of "
+          f"{total} below 1.")
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     def plain(run: dict) -> dict:
