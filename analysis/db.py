@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from kvsweep import cache_types
+from kvsweep.parts import live_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 
@@ -54,7 +55,7 @@ def sql_text(name: str) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.glob("part-*.parquet")) if folder.exists() else []
+    return live_parts(folder)  # a merged file replaces the parts it holds (kvsweep/parts.py)
 
 
 def _plan_schema() -> pa.Schema:

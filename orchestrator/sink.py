@@ -5,12 +5,28 @@ Two layers:
 - a write-ahead log (results/wal/SESSION.wal): each attempt is appended the moment it
   arrives, in one write() call. A process killed with SIGKILL loses nothing the kernel already
   has, so every attempt the driver received survives kill -9; the log is fsynced at each flush.
+  The scheduler hands over the events a worker has already sent in one go (`with
+  sink.batch():`): their attempts go into the log as one record when the block ends, before
+  the driver waits for more or hands out work (one Arrow IPC record costs about 0.5 ms
+  whatever its row count, most of it the schema).
 - Parquet parts: buffered attempts are written as one file per flush (at least every
-  `flush_interval_s`, and at the end), so a sweep of thousands of cells makes a handful of
-  files. A flush writes the tokens file first and the attempts file second (the attempt row is
-  the commit record: token rows without one are ignored by views and resume), then empties the
-  log. The next session (under the run directory's lock) replays any log a dead driver left,
-  adding only attempts whose id is not yet in Parquet: nothing is lost, nothing written twice.
+  `flush_interval_s`, and at the end), so a sweep of thousands of quick cells makes a handful
+  of files. A flush writes the tokens file first and the attempts file second (the attempt row
+  is the commit record: token rows without one are ignored by views and resume), then empties
+  the log. The next session (under the run directory's lock) replays any log a dead driver
+  left, adding only attempts whose id is not yet in Parquet: nothing is lost, nothing written
+  twice.
+- Merging: cells slower than the flush interval make about one file per attempt, and a
+  hundred thousand small files make every read slow (bench/scale_queries.py). So the sink
+  merges its own attempts files, size-tiered: whenever the newest MERGE_FANIN files hold
+  equally many flushes they become one file (kvsweep/parts.py names it and tells readers to
+  skip what it replaces), and at the end, if the session has MERGE_FANIN files or more, they
+  become one. A session of n flushes keeps at most (MERGE_FANIN - 1) x log16(n) files and
+  rewrites each row about log16(n) times; a short one (fewer than MERGE_FANIN flushes) keeps
+  its files as they are. Replaced files are deleted MERGE_GRACE_S later (a reader that listed them
+  just before can still open them), at the end, or by the next session if this one is killed.
+  Tokens files are not merged: only flushes with quality attempts write one, and they are few
+  and large.
 """
 
 from __future__ import annotations
@@ -19,13 +35,18 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet, fsync_dir
+from kvsweep.parts import live_parts, part_name, split_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 _MAGIC = b"KVW1"
@@ -103,7 +124,7 @@ def read_wal(path: Path) -> list[tuple[pa.Table, pa.Table | None]]:
 
 
 def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
-    files = sorted(str(p) for p in run_dir.attempts_dir.glob("part-*.parquet")) if run_dir.attempts_dir.exists() else []
+    files = live_parts(run_dir.attempts_dir)
     if not files:
         return set()
     return set(ds.dataset(files, format="parquet").to_table(columns=["attempt_id"]).column(0).to_pylist())
@@ -112,7 +133,9 @@ def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
 def recover(run_dir: RunDir, session_id: str) -> int:
     """Move attempts from logs that dead drivers left into Parquet; returns how many.
 
-    Call with the run directory's lock held, before reading history."""
+    Call with the run directory's lock held, before reading history. Also deletes attempts
+    files that a merged file replaced and a killed driver left behind."""
+    remove_superseded(run_dir)
     wal_dir = run_dir.path / "results" / "wal"
     logs = sorted(wal_dir.glob("*.wal")) if wal_dir.exists() else []
     if not logs:
@@ -120,13 +143,19 @@ def recover(run_dir: RunDir, session_id: str) -> int:
     known = recorded_attempt_ids(run_dir)
     attempts, tokens = [], []
     for log in logs:
-        for a, t in read_wal(log):
-            aid = a.column("attempt_id")[0].as_py()
-            if aid in known:
+        for a, t in read_wal(log):  # a record holds one attempt or several (a batch)
+            ids = a.column("attempt_id").to_pylist()
+            keep = [i for i, aid in enumerate(ids) if aid not in known]
+            if not keep:
                 continue
-            known.add(aid)
+            known.update(ids[i] for i in keep)
+            if len(keep) < len(ids):
+                a = a.take(keep)
+                if t is not None:
+                    kept = pa.array([ids[i] for i in keep], pa.string())
+                    t = t.filter(pc.is_in(t.column("attempt_id"), value_set=kept))
             attempts.append(a.cast(ATTEMPTS_SCHEMA))
-            if t is not None:
+            if t is not None and t.num_rows:
                 tokens.append(t.cast(TOKENS_SCHEMA))
     if attempts:
         name = f"part-{session_id}-recovered.parquet"
@@ -136,28 +165,80 @@ def recover(run_dir: RunDir, session_id: str) -> int:
     for log in logs:
         log.unlink()
     fsync_dir(wal_dir)
-    return len(attempts)
+    return sum(t.num_rows for t in attempts)
+
+
+def remove_superseded(run_dir: RunDir) -> int:
+    """Delete attempts files a merged file of theirs replaces (readers skip them already)."""
+    _, superseded = split_parts(run_dir.attempts_dir)
+    for path in superseded:
+        path.unlink(missing_ok=True)
+    if superseded:
+        fsync_dir(run_dir.attempts_dir)
+    return len(superseded)
+
+
+MERGE_FANIN = 16  # this many attempts files of one size become one
+# Replaced files are deleted this long after the merge: `kvsweep status` and reports read the
+# files they listed within seconds; an interactive `kvsweep sql` shell open for longer during a
+# sweep can find some gone (reopen it). At one flush a second at most (the default interval)
+# this leaves at most about this many replaced files on disk.
+MERGE_GRACE_S = 120.0
 
 
 class ResultSink:
-    def __init__(self, run_dir: RunDir, session_id: str, flush_interval_s: float = 1.0):
+    def __init__(self, run_dir: RunDir, session_id: str, flush_interval_s: float = 1.0,
+                 merge_fanin: int = MERGE_FANIN):
         self.run_dir = run_dir
         self.session_id = session_id
         self.flush_interval_s = flush_interval_s
         self._rows: list[dict] = []
         self._tokens: list[pa.Table] = []
+        self._unlogged: list[tuple[dict, pa.Table | None]] = []  # added in a batch, not yet in the log
+        self._batching = 0
         self._seq = 0
         self._last_flush = time.monotonic()
         self.rows_written = 0
         self.files_written = 0
+        self.log_records = 0
+        self.merge_fanin = merge_fanin
+        self.merges = 0
+        self._live: list[tuple[int, int]] = []  # flush ranges of this session's attempts files
+        self._replaced: list[tuple[float, list[Path]]] = []  # (when, files a merge replaced)
         self.wal = WriteAheadLog(run_dir.path / "results" / "wal" / f"{session_id}.wal")
 
     def add(self, row: dict, tokens: dict[str, np.ndarray] | None = None) -> None:
+        """Record an attempt: in the write-ahead log at once, or when the enclosing batch() ends."""
         table = tokens_table(row, tokens) if tokens else None
-        self.wal.append(pa.Table.from_pylist([row], schema=ATTEMPTS_SCHEMA), table)
+        self._unlogged.append((row, table))
         self._rows.append(row)
         if table is not None:
             self._tokens.append(table)
+        if not self._batching:
+            self.write_log()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Attempts added inside go into the log as one record when the block ends (also when it
+        ends by an exception)."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching:
+                self.write_log()
+
+    def write_log(self) -> None:
+        """Append every attempt not yet in the write-ahead log, as one record."""
+        if not self._unlogged:
+            return
+        rows = [r for r, _ in self._unlogged]
+        tables = [t for _, t in self._unlogged if t is not None]
+        self.wal.append(pa.Table.from_pylist(rows, schema=ATTEMPTS_SCHEMA),
+                        pa.concat_tables(tables) if tables else None)
+        self._unlogged = []
+        self.log_records += 1
 
     @property
     def pending(self) -> int:
@@ -173,8 +254,9 @@ class ResultSink:
         self._last_flush = time.monotonic()
         if not self._rows:
             return
+        self.write_log()  # nothing reaches Parquet that the log does not hold
         self.wal.sync()
-        name = f"part-{self.session_id}-{self._seq:06d}.parquet"
+        name = part_name(self.session_id, self._seq)
         if self._tokens:
             atomic_write_parquet(self.run_dir.tokens_dir / name, pa.concat_tables(self._tokens))
             self.files_written += 1
@@ -182,10 +264,47 @@ class ResultSink:
         atomic_write_parquet(self.run_dir.attempts_dir / name, table)
         self.files_written += 1
         self.rows_written += len(self._rows)
+        self._live.append((self._seq, self._seq))
         self._seq += 1
         self._rows, self._tokens = [], []
         self.wal.truncate()  # everything in it is in Parquet now
+        while len(self._live) >= self.merge_fanin and \
+                len({b - a for a, b in self._live[-self.merge_fanin:]}) == 1:
+            self._merge(self.merge_fanin)
+        self._delete_replaced(time.monotonic() - MERGE_GRACE_S)
+
+    def _merge(self, n: int) -> None:
+        """The newest n attempts files of this session become one; readers skip the n at once."""
+        ranges = self._live[-n:]
+        files = [self.run_dir.attempts_dir / part_name(self.session_id, a, None if a == b else b)
+                 for a, b in ranges]
+        table = pa.concat_tables([pq.read_table(f, schema=ATTEMPTS_SCHEMA) for f in files])
+        first, last = ranges[0][0], ranges[-1][1]
+        atomic_write_parquet(self.run_dir.attempts_dir / part_name(self.session_id, first, last), table)
+        self._live[-n:] = [(first, last)]
+        self._replaced.append((time.monotonic(), files))
+        self.merges += 1
+
+    def _delete_replaced(self, before: float | None) -> None:
+        keep = []
+        for when, files in self._replaced:
+            if before is None or when <= before:
+                for f in files:
+                    f.unlink(missing_ok=True)
+            else:
+                keep.append((when, files))
+        if len(keep) < len(self._replaced):
+            fsync_dir(self.run_dir.attempts_dir)
+        self._replaced = keep
+
+    @property
+    def attempts_files(self) -> int:
+        """This session's attempts files that count (merged ones replace what they hold)."""
+        return len(self._live)
 
     def close(self) -> None:
         self.flush()
+        if len(self._live) >= self.merge_fanin:
+            self._merge(len(self._live))  # a long session's attempts: one file
+        self._delete_replaced(None)
         self.wal.close(remove=True)

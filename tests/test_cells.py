@@ -45,3 +45,18 @@ def test_test_names_follow_llama_bench():
     assert Cell(**{**BASE, "kind": "quality", "n_ctx": 4096}).test_name == "ppl@4096"
     fields = {f.name for f in dataclasses.fields(Cell)}
     assert {"type_k", "type_v", "n_depth", "n_prompt", "n_gen", "n_batch", "n_ubatch"} <= fields
+
+
+def test_ids_are_the_ones_earlier_versions_computed():
+    """Run directories written before keep their cells: these ids were computed with
+    dataclasses.asdict (before to_row/compute_cell_id read the fields directly)."""
+    speed = Cell(kind="tg", model_name="m", model_path="/x", model_sha256="a" * 64, type_k="f16",
+                 type_v="q8_0", n_depth=4096, n_gen=128, repetitions=5, host_class="h", env='{"A": "1"}')
+    quality = Cell(kind="quality", model_name="q", model_path="/y", model_sha256="b" * 64, type_k="q4_0",
+                   type_v="q4_0", n_ctx=512, corpus_path="/c", corpus_sha256="c" * 64, baseline="f16",
+                   n_batch=512, quality_backend="CUDA", model_recipe='{"seed": 1}')
+    assert speed.cell_id == "4f53ad1dd367d8d993b0"
+    assert quality.cell_id == "9511bffb81958998240d"
+    from dataclasses import asdict
+
+    assert speed.to_row() == asdict(speed) and quality.to_row() == asdict(quality)

@@ -65,3 +65,18 @@ def test_identical_logits_give_zero():
     r = Reducer(500, threads=1)
     got = r.compare(base, r.base_rows(base, nxt), base.copy(), nxt)
     assert np.all(got.kld == 0) and np.all(got.dp == 0) and got.same_top.all()
+
+
+@pytest.mark.parametrize("vocab, rows, parallel", [(414, 256, False), (3000, 96, True)])
+def test_threads_split_only_large_calls_and_never_change_a_bit(vocab, rows, parallel):
+    rng = np.random.default_rng(3)
+    base = (rng.standard_normal((rows, vocab)) * 4).astype(np.float32)
+    q = (base + rng.standard_normal((rows, vocab)) * 0.1).astype(np.float32)
+    nxt = rng.integers(0, vocab, rows)
+    one, two = Reducer(vocab, threads=1), Reducer(vocab, threads=2)
+    # a small call (the demo model's vocabulary) stays in the calling thread: one block
+    assert (len(two._blocks(rows)) > 1) == parallel
+    a, b = one.compare(base, one.base_rows(base, nxt), q, nxt), two.compare(base, two.base_rows(base, nxt), q, nxt)
+    for name in ("nll", "kld", "dp", "same_top"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    two.close()

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+# Below this many logits a call is split over no threads: with a small vocabulary (the demo
+# model's 414 tokens) handing blocks to the pool costs more than it saves (bench/quality_overhead.py).
+PARALLEL_MIN_VALUES = 1 << 18
 _TEMPORARIES = 6  # float32 (rows, vocab) arrays alive at once in `_compare_block`
 
 
@@ -68,7 +71,8 @@ class Reducer:
 
     def _blocks(self, n_rows: int) -> list[slice]:
         step = self.block_rows
-        if self._pool and n_rows > 1:  # give every thread work even when rows are few
+        if self._pool and n_rows > 1 and n_rows * self.n_vocab >= PARALLEL_MIN_VALUES:
+            # give every thread work even when rows are few
             step = max(1, min(step, -(-n_rows // self.threads)))
         return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 

@@ -1,0 +1,61 @@
+"""The Parquet part files in a run directory's results folders, and which of them count.
+
+The driver writes `part-SESSION-NNNNNN.parquet` at each flush (NNNNNN: the flush's number in
+its session) and `part-SESSION-recovered.parquet` for attempts replayed from the log of a
+driver that died. So that a long sweep of slow cells (about one flush per attempt) does not
+leave one file per attempt, the driver merges its own attempts parts as it goes
+(orchestrator/sink.py): `part-SESSION-AAAAAA-to-BBBBBB.parquet` holds exactly the rows of that
+session's flushes AAAAAA to BBBBBB. A merged file is renamed into place before the files it
+replaces are deleted, so for a while (or after a kill) both exist: every reader lists files
+with `live_parts`, which leaves out a file whose range a merged file of the same session
+covers. Each row is then read exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_MERGED = re.compile(r"^part-(?P<session>.+)-(?P<first>\d{6})-to-(?P<last>\d{6})\.parquet$")
+_FLUSHED = re.compile(r"^part-(?P<session>.+)-(?P<seq>\d{6})\.parquet$")
+
+
+def part_name(session: str, first: int, last: int | None = None) -> str:
+    """A flush's file (`last` None) or a merged file of flushes first..last (inclusive)."""
+    if last is None:
+        return f"part-{session}-{first:06d}.parquet"
+    return f"part-{session}-{first:06d}-to-{last:06d}.parquet"
+
+
+def span(name: str) -> tuple[str, int, int, bool] | None:
+    """(session, first flush, last flush, merged?) of a part's file name; None for names
+    outside the scheme (e.g. `-recovered`), which always count."""
+    m = _MERGED.match(name)
+    if m:
+        return m["session"], int(m["first"]), int(m["last"]), True
+    m = _FLUSHED.match(name)
+    if m:
+        return m["session"], int(m["seq"]), int(m["seq"]), False
+    return None
+
+
+def split_parts(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(live, superseded) part files of `folder`, each sorted by name."""
+    files = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    spans = {f: span(f.name) for f in files}
+    merged: dict[str, list[tuple[int, int, str]]] = {}
+    for f, s in spans.items():
+        if s is not None and s[3]:
+            merged.setdefault(s[0], []).append((s[1], s[2], f.name))
+    live, superseded = [], []
+    for f in files:
+        s = spans[f]
+        covered = s is not None and any(
+            a <= s[1] and s[2] <= b and name != f.name for a, b, name in merged.get(s[0], ()))
+        (superseded if covered else live).append(f)
+    return live, superseded
+
+
+def live_parts(folder: Path) -> list[str]:
+    """The part files whose rows count, as sorted path strings."""
+    return [str(p) for p in split_parts(folder)[0]]
