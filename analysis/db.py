@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from kvsweep import cache_types
-from kvsweep.parts import live_parts
+from kvsweep.parts import committed_tokens_parts, live_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 
@@ -83,11 +83,12 @@ def connect(run_dir: str | Path, database: str = ":memory:",
             "`kvsweep run` printed, e.g. runs/demo"
         )
     con = duckdb.connect(database)
-    for name, folder, schema in (
-        ("attempts_raw", run_dir / "results" / "attempts", ATTEMPTS_SCHEMA),
-        ("tokens_raw", run_dir / "results" / "tokens", TOKENS_SCHEMA),
+    attempts_dir, tokens_dir = run_dir / "results" / "attempts", run_dir / "results" / "tokens"
+    for name, files, schema in (
+        ("attempts_raw", _files(attempts_dir), ATTEMPTS_SCHEMA),
+        # tokens files a dead driver left without their attempts file are not read (kvsweep/parts.py)
+        ("tokens_raw", committed_tokens_parts(tokens_dir, attempts_dir), TOKENS_SCHEMA),
     ):
-        files = _files(folder)
         if files:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, union_by_name = true)")
         else:

@@ -59,3 +59,35 @@ def split_parts(folder: Path) -> tuple[list[Path], list[Path]]:
 def live_parts(folder: Path) -> list[str]:
     """The part files whose rows count, as sorted path strings."""
     return [str(p) for p in split_parts(folder)[0]]
+
+
+def split_tokens_parts(tokens_dir: Path, attempts_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(committed, orphaned) tokens files of a run directory, each sorted by name.
+
+    A flush writes its tokens file before its attempts file (the attempt row is the commit
+    record), so a driver killed between the two leaves a tokens file whose attempts exist only
+    in its write-ahead log; the next session replays that log into a `-recovered` pair. The
+    orphan must then not be read, or those per-token rows would count twice. A tokens file is
+    committed when a live attempts file has its name, or a merged attempts file of its session
+    covers its flush (tokens files are never merged)."""
+    tokens = sorted(tokens_dir.glob("part-*.parquet")) if tokens_dir.exists() else []
+    if not tokens:
+        return [], []
+    live, _ = split_parts(attempts_dir)
+    names = {p.name for p in live}
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for p in live:
+        s = span(p.name)
+        if s is not None and s[3]:
+            merged.setdefault(s[0], []).append((s[1], s[2]))
+    committed, orphaned = [], []
+    for f in tokens:
+        s = span(f.name)
+        ok = f.name in names or (s is not None and any(a <= s[1] <= b for a, b in merged.get(s[0], ())))
+        (committed if ok else orphaned).append(f)
+    return committed, orphaned
+
+
+def committed_tokens_parts(tokens_dir: Path, attempts_dir: Path) -> list[str]:
+    """The tokens files whose rows count, as sorted path strings."""
+    return [str(p) for p in split_tokens_parts(tokens_dir, attempts_dir)[0]]

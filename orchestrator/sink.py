@@ -46,7 +46,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet, fsync_dir
-from kvsweep.parts import live_parts, part_name, split_parts
+from kvsweep.parts import live_parts, part_name, split_parts, split_tokens_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 _MAGIC = b"KVW1"
@@ -133,9 +133,12 @@ def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
 def recover(run_dir: RunDir, session_id: str) -> int:
     """Move attempts from logs that dead drivers left into Parquet; returns how many.
 
-    Call with the run directory's lock held, before reading history. Also deletes attempts
-    files that a merged file replaced and a killed driver left behind."""
+    Call with the run directory's lock held, before reading history. Also deletes what a
+    killed driver left behind and nobody reads: attempts files a merged file replaced, tokens
+    files without their attempts file (their rows are in the log, replayed below) and
+    half-written temporary files."""
     remove_superseded(run_dir)
+    remove_leftovers(run_dir)
     wal_dir = run_dir.path / "results" / "wal"
     logs = sorted(wal_dir.glob("*.wal")) if wal_dir.exists() else []
     if not logs:
@@ -166,6 +169,18 @@ def recover(run_dir: RunDir, session_id: str) -> int:
         log.unlink()
     fsync_dir(wal_dir)
     return sum(t.num_rows for t in attempts)
+
+
+def remove_leftovers(run_dir: RunDir) -> int:
+    """Delete orphaned tokens files and temporary files of interrupted writes (lock held)."""
+    _, orphaned = split_tokens_parts(run_dir.tokens_dir, run_dir.attempts_dir)
+    temporary = [p for d in (run_dir.attempts_dir, run_dir.tokens_dir) if d.exists()
+                 for p in d.glob(".part-*.tmp")]
+    for path in orphaned + temporary:
+        path.unlink(missing_ok=True)
+    for d in {p.parent for p in orphaned + temporary}:
+        fsync_dir(d)
+    return len(orphaned) + len(temporary)
 
 
 def remove_superseded(run_dir: RunDir) -> int:

@@ -113,3 +113,40 @@ def test_a_merged_file_holds_exactly_the_rows_it_replaces(tmp_path):
     assert merged.schema == ATTEMPTS_SCHEMA
     assert merged.column("attempt_id").to_pylist() == ["a1", "a2", "a3"]
     sink.close()
+
+
+def test_a_driver_killed_between_the_tokens_file_and_the_attempts_file(tmp_path, monkeypatch):
+    """The tokens file of a flush is written first; a kill before its attempts file leaves an
+    orphan whose rows the next session replays from the log: they must count once."""
+    rd = run_dir(tmp_path)
+    sink = ResultSink(rd, "dead", flush_interval_s=3600)
+    tokens = {"chunk": [0, 0, 0], "pos": [1, 2, 3], "token": [5, 6, 7], "nll": [1.0, 2.0, 3.0],
+              "nll_base": [1.0, 2.0, 3.0], "kld": [0.0, 0.1, 0.2], "dp": [0.0, 0.0, 0.0],
+              "same_top": [True, False, True]}
+    quality = {**row(0), "kind": "quality"}
+    sink.add(quality, tokens)
+    real_write = sink_mod.atomic_write_parquet
+
+    def killed_at_the_attempts_file(path, table):
+        if path.parent == rd.attempts_dir:
+            raise KeyboardInterrupt("kill -9")
+        real_write(path, table)
+
+    monkeypatch.setattr(sink_mod, "atomic_write_parquet", killed_at_the_attempts_file)
+    with pytest.raises(KeyboardInterrupt):
+        sink.flush()
+    monkeypatch.setattr(sink_mod, "atomic_write_parquet", real_write)
+    orphan = rd.tokens_dir / part_name("dead", 0)
+    assert orphan.exists() and not parquet_names(rd)
+    rd.attempts_dir.mkdir(parents=True, exist_ok=True)
+    (rd.attempts_dir / ".part-dead-000001.parquet.x.tmp").write_bytes(b"half")  # an interrupted write
+
+    def token_rows() -> int:
+        return connect(rd.path).execute("SELECT count(*) FROM tokens_raw").fetchone()[0]
+
+    assert recover(rd, "next") == 1
+    assert token_rows() == 3
+    assert not orphan.exists() and not list(rd.attempts_dir.glob(".part-*.tmp"))
+    # readers skip an orphan even where nobody removed it (e.g. a copy taken before recovery)
+    orphan.write_bytes((rd.tokens_dir / "part-next-recovered.parquet").read_bytes())
+    assert token_rows() == 3
