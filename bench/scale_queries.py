@@ -214,16 +214,19 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def write_run_dir(path: Path, n_files: int, cells, attempts: pa.Table, tokens: pa.Table, quality_rows) -> None:
-    """`n_files` attempts files; a tokens file per quality attempt, named like the attempts
-    file its attempt is in (one per flush in a real run: here several may share a name's
-    flush number, so a suffix keeps them apart)."""
+    """`n_files` attempts files; a tokens file per quality attempt, named as the sink names
+    them (kvsweep/parts.py): attempt row r is taken to be flush r of one session, so an
+    attempts file holding rows lo..hi is the merged file of flushes lo..hi, and the tokens of
+    the quality attempt in row r are flush r's tokens file (committed: its flush is covered)."""
     from kvsweep.orchestrator.run_dir import RunDir
+    from kvsweep.parts import part_name
 
+    session = "20261101T000000Z-bench"
     shutil.rmtree(path, ignore_errors=True)
     rd = RunDir(path)
     path.mkdir(parents=True)
     matrix = path.parent / "synthetic.toml"
-    rd.start_session(matrix, "20261101T000000Z-bench", ["bench/scale_queries.py"], len(cells))
+    rd.start_session(matrix, session, ["bench/scale_queries.py"], len(cells))
     rd.write_plan(cells)
     rd.attempts_dir.mkdir(parents=True)
     rd.tokens_dir.mkdir(parents=True)
@@ -231,12 +234,11 @@ def write_run_dir(path: Path, n_files: int, cells, attempts: pa.Table, tokens: p
     bounds = np.linspace(0, n, n_files + 1).astype(int)
     per = TOKENS_PER_QUALITY
     for f in range(n_files):
-        lo, hi = bounds[f], bounds[f + 1]
-        name = f"part-20261101T000000Z-bench-{f:06d}.parquet"
+        lo, hi = int(bounds[f]), int(bounds[f + 1])
+        name = part_name(session, lo, hi - 1 if hi - 1 > lo else None)
         pq.write_table(attempts.slice(lo, hi - lo), rd.attempts_dir / name, compression="zstd")
     for q, row in enumerate(quality_rows):
-        name = f"part-20261101T000000Z-bench-q{row:06d}.parquet"
-        pq.write_table(tokens.slice(q * per, per), rd.tokens_dir / name, compression="zstd")
+        pq.write_table(tokens.slice(q * per, per), rd.tokens_dir / part_name(session, int(row)), compression="zstd")
 
 
 def timed(fn, reps: int):

@@ -176,3 +176,25 @@ def test_qwen35_hybrid_speed_reuses_the_saved_state(hybrid):
     tg = run_speed_cell(m, Cell(kind="tg", n_gen=8, **common), 2, cache)
     assert pp.status == tg.status == records.OK
     assert len(cache.state) > 0 and all(t > 0 for t in tg.metrics["samples_ns"])
+
+
+def test_contexts_run_on_a_persistent_threadpool_that_changes_no_number(model, monkeypatch):
+    """llama-bench attaches one CPU threadpool per test; kvsweep attaches one per context
+    (workers/threadpool.py). The logits must be the very same as without one."""
+    from kvsweep.workers import llama_api, threadpool
+
+    assert threadpool.available()
+    settings = llama_api.ContextSettings(type_k="q8_0", type_v="q8_0", n_ctx=128, n_batch=64, n_ubatch=64,
+                                         flash_attn="on", n_threads=2)
+    tokens = np.random.default_rng(5).integers(0, model.info.n_vocab, 64).astype(np.int32)
+
+    def logits() -> tuple[np.ndarray, bool]:
+        with llama_api.Context(model, settings) as ctx:
+            n = ctx.decode(tokens, 0, output_from=0)
+            return ctx.logits(n).copy(), ctx._threadpool.ptr is not None
+
+    with_pool, attached = logits()
+    monkeypatch.setattr(threadpool, "_api", lambda: None)  # a build without the functions
+    without_pool, attached_without = logits()
+    assert attached and not attached_without
+    assert np.array_equal(with_pool, without_pool)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvsweep import cache_types
+from kvsweep.workers.threadpool import Threadpool
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
@@ -331,6 +332,9 @@ class Context:
                 raise OutOfMemory(f"could not allocate the context ({label})", tail)
             raise LlamaError(f"llama.cpp refused the context ({label})", tail)
         self.facts = _parse_facts(lines)
+        # one pool of CPU threads for the context's life, as llama-bench attaches one (else
+        # ggml starts and joins threads for every graph: workers/threadpool.py)
+        self._threadpool = Threadpool(self.ptr, settings.n_threads)
         self.n_vocab = model.info.n_vocab
         self.memory = L.llama_get_memory(self.ptr)
         self._batch = L.llama_batch_init(settings.n_batch, 0, 1)
@@ -413,6 +417,7 @@ class Context:
         if self.ptr:
             self._L.llama_batch_free(self._batch)
             self._L.llama_free(self.ptr)
+            self._threadpool.free()  # after the context that uses it
             self.ptr = None
 
     def __enter__(self) -> Context:

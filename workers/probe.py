@@ -81,7 +81,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
-def _lib(name: str) -> ctypes.CDLL:
+def bundled_lib(name: str) -> ctypes.CDLL:
     """One of llama-cpp-python's bundled libraries, by its stem: "ggml", "ggml-base"."""
     import llama_cpp
 
@@ -90,7 +90,7 @@ def _lib(name: str) -> ctypes.CDLL:
 
 
 def _ggml_devices() -> list[Device]:
-    ggml, base = _lib("ggml"), _lib("ggml-base")
+    ggml, base = bundled_lib("ggml"), bundled_lib("ggml-base")
     ggml.ggml_backend_load_all.restype = None
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -137,7 +137,7 @@ def _registry_backends() -> str:
     """llama-bench's `backends` (test::get_backend): the names of ggml's backend registries
     except CPU (so BLAS counts, as in llama-bench), "RPC" when an RPC registry has devices,
     joined by ","; "CPU" when nothing else is there."""
-    ggml, base = _lib("ggml"), _lib("ggml-base")
+    ggml, base = bundled_lib("ggml"), bundled_lib("ggml-base")
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
@@ -159,7 +159,7 @@ def _registry_backends() -> str:
 def _build_strings() -> tuple[str, str, str, str]:
     import llama_cpp
 
-    base = _lib("ggml-base")
+    base = bundled_lib("ggml-base")
     base.ggml_commit.restype = ctypes.c_char_p
     base.ggml_version.restype = ctypes.c_char_p
     return (
