@@ -35,10 +35,7 @@ and pp/tg t/s per cell with every sample of every round pooled.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"
 sys.path.insert(0, str(Path(__file__).parent))
 import fidelity  # noqa: E402  (bench/fidelity.py: the llama-perplexity printout parsers)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start  # noqa: E402  (bench/machine.py)
 
 
 def run_timed(cmd: list, wanted: set | None = None, parse=None, tries: int = 3) -> tuple[float, str, int]:
@@ -214,9 +213,7 @@ def main() -> None:
 
     model = cached_model(ModelRecipe(n_vocab=a.vocab))
     matrix = write_matrix(a.out / "matrix.toml", model, a)
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print_start()
     print(f"`python bench/handmade.py {' '.join(sys.argv[1:])}`; model {model.name} "
           f"({model.stat().st_size / 2**20:.0f} MiB)\n")
 
@@ -291,8 +288,7 @@ def main() -> None:
     print(f"\n{inside} of {total} speed figures agree within 2 standard deviations of their difference; "
           f"median kvsweep / llama-bench {statistics.median(ratios):.3f}, {sum(r < 1 for r in ratios)} of "
           f"{total} below 1.")
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
     def plain(run: dict) -> dict:
         return {**run, "speed": {"/".join(map(str, key)): v for key, v in run["speed"].items()}}
 

@@ -16,11 +16,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +27,8 @@ from kvsweep.workers import llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
 from kvsweep.workers.kl_math import Reducer
 from kvsweep.workers.speed import RandomTokens, test_gen, test_prompt
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start  # noqa: E402  (bench/machine.py)
 
 
 class BareLoop:
@@ -149,9 +150,7 @@ def main() -> None:
     p.add_argument("--kl-reps", type=int, default=5)
     args = p.parse_args()
 
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print_start()
     print(f"## Speed loop: kvsweep vs bare llama_decode (generated tiny model, {args.type} cache, "
           f"{args.threads} threads, {args.reps} alternating repetitions each)\n")
     print("| test | kvsweep t/s | bare loop t/s | ratio of means | ratio of medians |")
@@ -163,8 +162,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for line in kl_cost(args):
         print(line, flush=True)
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
 
 
 if __name__ == "__main__":

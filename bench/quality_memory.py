@@ -22,15 +22,14 @@ generated vocabulary's extra tokens never occur in text, so it tokenizes as with
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_start  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -106,9 +105,7 @@ def main() -> None:
     if a.one is not None:
         print(json.dumps(one_run(a.one, a.vocab, a.n_ctx, a.n_batch, a.threads)))
         return
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print_start()
     print(f"`python bench/quality_memory.py {' '.join(sys.argv[1:])}`\n")
     print("| chunks | scored tokens | n_vocab | n_ctx | n_batch | model RSS | llama.cpp buffers (2 contexts) "
           "| peak extra RSS | of which kvsweep's own | seconds |")

@@ -28,17 +28,15 @@ copies, serialization, Parquet: everything but llama.cpp's calls) is given too.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import pickle
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "matrices" / "demo.toml"
@@ -160,9 +158,7 @@ def main() -> None:
     if a.one is not None:
         print(json.dumps(one_run(a.one, a.threads)))
         return
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print_start()
     print(f"`python bench/quality_overhead.py {' '.join(sys.argv[1:])}`\n")
     print("| n_vocab | pass s | llama_decode s | llama.cpp contexts/clear s | KL reduction s | Python, copies s "
           "| serialization s | Parquet s | outside llama_decode | kvsweep's own | runs (outside share each) |")
@@ -182,8 +178,7 @@ def main() -> None:
               f"| {r['kl_s']:.2f} | {r['python_s']:.2f} | {r['ship_s']:.3f} | {r['parquet_s']:.3f} "
               f"| {100 * r['outside_share']:.1f}% | {100 * r['kvsweep_share']:.1f}% | {shares} |", flush=True)
         print(f"<!-- {json.dumps(r)} -->", file=sys.stderr)
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
 
 
 if __name__ == "__main__":

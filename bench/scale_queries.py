@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -46,6 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start  # noqa: E402  (bench/machine.py)
 
 N_MODELS, N_CONFIGS, N_HOSTS, N_DEPTHS = 10, 25, 4, 45
 TOKENS_PER_QUALITY = 4000
@@ -286,9 +286,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/kvsweep-bench-scale"))
     p.add_argument("--json", type=Path)
     a = p.parse_args()
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print_start()
     print(f"`python bench/scale_queries.py {' '.join(sys.argv[1:])}`\n")
     rng = np.random.default_rng(0)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -320,8 +318,7 @@ def main() -> None:
         cells_ = " | ".join(f"{statistics.median(results[f][i][1]):.3f} ({max(results[f][i][1]):.3f})"
                             for f in a.files)
         print(f"| {name} | {cells_} | {results[a.files[0]][i][2]} |")
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
     if a.json:
         a.json.write_text(json.dumps({str(f): r for f, r in results.items()}, indent=1))
 

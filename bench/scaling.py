@@ -28,15 +28,15 @@ Reported per N:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from kvsweep.orchestrator.fleet import WORKER_RESOURCE, prepare_loopback_env
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start, quiet_logs  # noqa: E402  (bench/machine.py)
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as kvsweep fleets (and tests/test_fleet.py) run
 prepare_loopback_env()  # before Ray is imported: every port on 127.0.0.1
@@ -111,13 +111,8 @@ def main() -> None:
     p.add_argument("--depths", type=int, default=25)
     p.add_argument("--out", type=Path, default=Path("/tmp/kvsweep-bench-scaling"))
     args = p.parse_args()
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    quiet_logs()
+    print_start()
     print(f"`python bench/scaling.py {' '.join(sys.argv[1:])}` (FAKE runner: sleeps, measures nothing)\n")
     print("| workers N | cells | total cell time s (nominal) | ideal = total / N s | scheduler s | scheduler / ideal "
           "| run_sweep s | run_sweep / ideal | cells per worker |")
@@ -128,8 +123,7 @@ def main() -> None:
         print(f"| {n} | {r['cells']} | {r['total_cell_s']:.1f} ({r['nominal_cell_s']:.1f}) | {r['ideal_s']:.2f} "
               f"| {r['scheduler_s']:.2f} | {r['scheduler_s'] / r['ideal_s']:.3f} | {r['wall_s']:.2f} "
               f"| {r['wall_s'] / r['ideal_s']:.3f} | {spread} |", flush=True)
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
 
 
 if __name__ == "__main__":

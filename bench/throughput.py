@@ -34,15 +34,15 @@ Reported per shape, from timers wrapped around run_sweep's own phases:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import threading
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import print_end, print_start, quiet_logs  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"
@@ -214,13 +214,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
 
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
-    load = os.getloadavg()
-    print(f"{dt.date.today().isoformat()}, {platform.node()}, {os.cpu_count()} CPUs, load average at start "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    quiet_logs()
+    print_start()
     print(f"`python bench/throughput.py {' '.join(sys.argv[1:])}` (FAKE runner: measures nothing)\n")
     print("| shape | cells | units | workers | scheduler s | cells/s (scheduler) | run_sweep s | cells/s (run_sweep) "
           "| Ray start+stop s | cells/s (run_sweep without Ray start/stop) | flushes that wrote | "
@@ -239,8 +234,7 @@ def main() -> None:
               f"| {r['flushes_writing']} | {r['most_attempts_files']} ({r['most_live_files']}) "
               f"| {f['attempts']} + {f['tokens']} | {'yes' if r['accounted_for'] else 'NO: ' + json.dumps(r['accounting'])} |",
               flush=True)
-    load = os.getloadavg()
-    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_end()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     if not all(r["accounted_for"] for r in results):

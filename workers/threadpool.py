@@ -6,9 +6,9 @@ llama-bench instead creates one pool per test with `ggml_threadpool_new` (poll 5
 priority, no strict placement: ggml's defaults and llama-bench's) and attaches it with
 `llama_attach_threadpool`; kvsweep does the same per context, so that the CPU side of a timed
 loop runs as llama-bench's does. The numbers a context computes do not change: the same
-threads split the same work (tests/test_passes.py). On the 2-core VM of docs/benchmarks.md an
-A/B of tg32 on the demo model (0.3 ms a token) showed no difference beyond its noise; where
-threads are many and graphs short, starting them per graph costs more.
+threads split the same work (tests/test_passes.py). On the 2-core VM of docs/benchmarks.md,
+with llama-cpp-python's default OpenMP build, `python bench/threadpool_ab.py` showed no tg
+difference beyond its noise: the point is parity with llama-bench, not a speed-up.
 
 The functions are looked up through the CPU backend's registry entry, as llama-bench does, so
 this also works when backends are loaded as modules. If the lookup fails (an unusual build),
