@@ -113,6 +113,16 @@ def _legend_below(ax) -> None:
                   bbox_to_anchor=(0.5, -0.2), frameon=False, handletextpad=0.4, columnspacing=1.2)
 
 
+def _finish(fig, ax, name: str, title: str, caption: str, configs: list[str], legend: bool = True) -> Chart:
+    """Every chart ends alike: title, grid, legend under the plot, tight layout, PNG."""
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if legend:
+        _legend_below(ax)
+    fig.tight_layout()
+    return Chart(name, title, _png(fig), caption, configs)
+
+
 def _fail_marks(ax, xs: list[int], style: Style, y: float | None = None) -> None:
     """Depths that did not run mark the bottom of the plot (or the given y) with an x."""
     if not xs:
@@ -156,14 +166,10 @@ def speed_vs_depth(kind: str, test: str, model: str, host_class: str, rows: list
     ax.set_ylabel(f"{test} tokens/s (± sd)")
     what = "Generation" if kind == "tg" else "Prompt processing"
     title = f"{what} ({test}) vs depth: {model} on {host_class}"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    _legend_below(ax)
-    fig.tight_layout()
     caption = (f"{what} speed by depth, log axes; error bars are ± the standard deviation over "
-               "repetitions (a lower bar longer than 90% of the value is cut there)." + (" x at the bottom: that depth did not run (OOM, skipped or failed)."
-                                 if failed_any else ""))
-    return Chart(name, title, _png(fig), caption, configs)
+               "repetitions (a lower bar longer than 90% of the value is cut there)."
+               + (" x at the bottom: that depth did not run (OOM, skipped or failed)." if failed_any else ""))
+    return _finish(fig, ax, name, title, caption, configs)
 
 
 def memory_vs_depth(model: str, host_class: str, rows: list[dict], hosts: list[dict],
@@ -206,13 +212,9 @@ def memory_vs_depth(model: str, host_class: str, rows: list[dict], hosts: list[d
              "the planner's prediction where recorded, else the KV buffer llama.cpp reported")
     ax.set_ylabel("memory (log)")
     title = f"Memory at depth: {model} on {host_class}"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    _legend_below(ax)
-    fig.tight_layout()
     caption = (f"Memory by depth: {which}. Dashed red: each host's memory limit."
                + (" x on the limit line: that depth did not fit." if failed_any else ""))
-    return Chart(name, title, _png(fig), caption, configs)
+    return _finish(fig, ax, name, title, caption, configs)
 
 
 def _binary_ticks(lo: float, hi: float, most: int = 7) -> list[float]:
@@ -262,11 +264,9 @@ def kl_vs_bits(model: str, n_ctx: int, baseline: str, rows: list[dict], budgets:
     # room above the highest point for its label
     ax.set_ylim(0, max(positive) * 4 if positive else 1)
     title = f"Quality vs storage: {model}, n_ctx {n_ctx}"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     missing = [r["config"] for r in rows if r["bits_per_value"] is None]
     caption = ("Mean KL divergence against bits per value; circled and joined: the Pareto front "
                "(nothing is both cheaper and closer). Dotted: the quality budgets."
                + (f" Not drawn (bits per value unknown): {', '.join(missing)}." if missing else ""))
-    return Chart(name, title, _png(fig), caption, configs)
+    # points are labelled in place: no legend
+    return _finish(fig, ax, name, title, caption, configs, legend=False)

@@ -214,7 +214,10 @@ def test_a_node_that_joins_mid_sweep_gets_work(cluster, tmp_path):
     path = tmp_path / "join.toml"
     path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
                     .replace('symmetric = ["f16", "q8_0", "q4_0"]', 'symmetric = ["f16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1"]')
-                    .replace("repetitions = 1", "repetitions = 4"))
+                    .replace("repetitions = 1", "repetitions = 4")
+                    # every cell takes 0.3 s more: the sweep outlasts the new node's start (~4 s)
+                    # however fast the cells themselves get
+                    .replace("[testing]\nfaults = [", '[testing]\nfaults = [\n  { match = {}, fault = "slow", seconds = 0.3 },'))
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", run_sweep(
         path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False,

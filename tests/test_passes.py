@@ -107,7 +107,7 @@ def test_speed_cell_follows_llama_bench(model, tiny_model):
     common = dict(model_name="tiny", model_path=str(tiny_model), model_sha256=sha, type_k="q8_0",
                   type_v="q8_0", n_depth=256, repetitions=3, n_batch=64, n_ubatch=64, host_class="x")
     pp = run_speed_cell(model, Cell(kind="pp", n_prompt=32, **common), 2, cache)
-    assert cache.key is not None and cache.key[-1] == 256  # the depth fill was saved...
+    assert cache.key is not None and cache.depth == 256  # the depth fill was saved...
     state = cache.state
     tg = run_speed_cell(model, Cell(kind="tg", n_gen=8, **common), 2, cache)
     assert cache.state is state  # ...and the tg test at the same depth reused it
@@ -198,3 +198,37 @@ def test_contexts_run_on_a_persistent_threadpool_that_changes_no_number(model, m
     without_pool, attached_without = logits()
     assert attached and not attached_without
     assert np.array_equal(with_pool, without_pool)
+
+
+def test_a_deeper_depth_extends_the_saved_fill(model, tiny_model, monkeypatch):
+    """A series fills max(depth) tokens, not their sum: depth 512 after 256 restores the
+    256-token state and decodes 256 more; the cache then holds 512 tokens, as a fresh fill's."""
+    from kvsweep.workers import llama_api, speed
+
+    fills = []
+    real = speed.test_prompt
+
+    def spy(ctx, n, n_batch, rand, first_bos=True):
+        fills.append((ctx.pos_max() + 1, n, first_bos))
+        real(ctx, n, n_batch, rand, first_bos)
+
+    sha = file_sha256(tiny_model)
+    cache = DepthStateCache()
+    common = dict(model_name="tiny", model_path=str(tiny_model), model_sha256=sha, type_k="q4_0",
+                  type_v="q4_0", repetitions=2, n_batch=64, n_ubatch=64, host_class="x")
+    monkeypatch.setattr(speed, "test_prompt", spy)
+    for depth in (256, 512):
+        fills.clear()
+        out = run_speed_cell(model, Cell(kind="tg", n_gen=8, n_depth=depth, **common), 2, cache)
+        assert out.status == records.OK
+        # (the tg warm-up decodes no prompt; the only test_prompt calls are fills)
+        assert fills == [(0, 256, True)] if depth == 256 else fills == [(256, 256, False)]
+    assert cache.depth == 512
+    settings = llama_api.ContextSettings(type_k="q4_0", type_v="q4_0", n_ctx=600, n_batch=64, n_ubatch=64,
+                                         flash_attn="on", n_threads=2)
+    with llama_api.Context(model, settings) as ctx:
+        assert ctx.restore_state(cache.state) and ctx.pos_max() == 511
+    # a shallower depth than the saved one fills from empty again
+    fills.clear()
+    run_speed_cell(model, Cell(kind="tg", n_gen=8, n_depth=128, **common), 2, cache)
+    assert fills == [(0, 128, True)] and cache.depth == 128

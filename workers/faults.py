@@ -12,11 +12,13 @@ KVSWEEP_FAULTS or the matrix's `[testing] faults`:
     segv    read address 0: the worker process dies of SIGSEGV
     exit    the worker process exits at once (like being killed)
     hang    sleep far past any time limit, without progress
+    slow    sleep `seconds` (default 1), then run the cell normally: stretches a sweep so a
+            test can act while it runs (e.g. add a node), independent of how fast cells are
     nan     the cell's logits turn into NaN (quality cells), as a broken kernel would give
     error   raise an ordinary exception
 `times` (default: always) limits how often a fault fires per cell; the count survives the
 worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
-`needs_bytes` makes a fault fire only on workers with less memory than that, as if the cell
+`seconds` is the slow fault's delay. `needs_bytes` makes a fault fire only on workers with less memory than that, as if the cell
 needed that much: how tests build fleets where a cell fits on some hosts and not others.
 """
 
@@ -32,13 +34,13 @@ from pathlib import Path
 
 from kvsweep.cells import Cell
 
-FAULTS = ("oom", "abort", "segv", "exit", "hang", "nan", "error")
+FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "nan", "error")
 ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
 _plan_from_unit: list[dict] = []
 _worker_memory: int = 0
-_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes"}
+_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds"}
 
 
 class InjectedError(RuntimeError):
@@ -90,6 +92,11 @@ def _example_cell() -> Cell:
 
 
 def _fires(cell: Cell, fault: str) -> bool:
+    return _firing_entry(cell, fault) is not None
+
+
+def _firing_entry(cell: Cell, fault: str) -> dict | None:
+    """The plan entry of this fault that fires for this cell now (counting it), or None."""
     for i, entry in enumerate(_plan()):
         if entry.get("fault") != fault:
             continue
@@ -99,15 +106,15 @@ def _fires(cell: Cell, fault: str) -> bool:
             continue
         times = entry.get("times")
         if times is None:
-            return True
+            return entry
         state = Path(os.environ.get(STATE_ENV) or tempfile.gettempdir()) / "kvsweep-faults"
         state.mkdir(parents=True, exist_ok=True)
         counter = state / f"{cell.cell_id}-{i}-{fault}"
         fired = int(counter.read_text()) if counter.exists() else 0
         if fired < times:
             counter.write_text(str(fired + 1))
-            return True
-    return False
+            return entry
+    return None
 
 
 def maybe_inject(cell: Cell, stage: str = "start") -> None:
@@ -125,6 +132,9 @@ def maybe_inject(cell: Cell, stage: str = "start") -> None:
         raise InjectedError("injected fault: error")
     if _fires(cell, "hang"):
         time.sleep(10**6)
+    slow = _firing_entry(cell, "slow")
+    if slow is not None:
+        time.sleep(float(slow.get("seconds", 1.0)))
     if _fires(cell, "abort"):
         os.abort()
     if _fires(cell, "segv"):

@@ -3,7 +3,9 @@
 A test gets a new context of n_ctx = n_prompt + n_gen + n_depth (the model is reused). One
 warm-up run is not counted: the prompt (pp tests) or one generated token (tg tests). Each
 repetition clears the cache; at depth > 0 it fills `n_depth` random tokens untimed (after
-the first fill the sequence state is saved and later restored instead); then it times either
+the first fill the sequence state is saved and later restored instead; a deeper depth of the
+same series restores the last saved state and fills only the tokens it lacks, see
+DepthStateCache); then it times either
 the prompt (n_prompt random tokens, the first one BOS when the vocabulary adds it, decoded in
 n_batch pieces) or generation (n_gen single-token decodes of random tokens, no sampling),
 synchronizing before the clock stops. Per repetition t/s = (n_prompt + n_gen) / seconds;
@@ -27,19 +29,44 @@ from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_chec
 class DepthStateCache:
     """llama-bench's `cstate`: the sequence state after the last depth fill, for reuse.
 
-    Keyed by everything that makes the state valid (configuration and depth), so the pp and
-    tg tests of one (configuration, depth) fill the cache once.
+    Keyed by everything that makes the state valid except the depth (model, configuration,
+    batch sizes), and holding the depth it was filled to. The pp and tg tests of one depth
+    restore it; a deeper test of the same series restores it and fills only the tokens it
+    lacks. The cache then holds n_depth random tokens either way, which is all a timing at
+    that depth depends on, and a series of depths fills max(depth) tokens instead of their
+    sum (llama-bench refills every depth from empty: with doubling depths up to 512K, that
+    is twice the decoding, and filling dominates a deep sweep).
     """
 
     def __init__(self):
         self.key: tuple | None = None
+        self.depth = 0
         self.state: bytes = b""
 
-    def get(self, key: tuple) -> bytes | None:
-        return self.state if key == self.key else None
+    def get(self, key: tuple, depth: int) -> tuple[bytes, int] | None:
+        """(state, the depth it holds) for a test at `depth`: the same or a shallower fill."""
+        if key == self.key and self.depth <= depth:
+            return self.state, self.depth
+        return None
 
-    def put(self, key: tuple, state: bytes) -> None:
-        self.key, self.state = key, state
+    def put(self, key: tuple, depth: int, state: bytes) -> None:
+        self.key, self.depth, self.state = key, depth, state
+
+
+def fill_depth(ctx: llama_api.Context, n_depth: int, n_batch: int, rand: RandomTokens,
+               cache: DepthStateCache, key: tuple) -> None:
+    """Bring the (cleared) cache to n_depth random tokens, untimed, reusing a saved fill."""
+    have = 0
+    saved = cache.get(key, n_depth)
+    if saved is not None:
+        if ctx.restore_state(saved[0]):
+            have = saved[1]
+        else:
+            ctx.clear(data=False)
+    if have < n_depth:
+        # a fill starts with BOS as llama-bench's does; an extension continues the sequence
+        test_prompt(ctx, n_depth - have, n_batch, rand, first_bos=have == 0)
+        cache.put(key, n_depth, ctx.save_state())
 
 
 class RandomTokens:
@@ -53,7 +80,8 @@ class RandomTokens:
         return self.rng.integers(0, self.n_vocab, size=n, dtype=np.int32)
 
 
-def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: RandomTokens) -> None:
+def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: RandomTokens,
+                first_bos: bool = True) -> None:
     """llama-bench's test_prompt: decode n_prompt random tokens in n_batch pieces."""
     info = ctx.model.info
     done = 0
@@ -61,7 +89,7 @@ def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: Rando
     while done < n_prompt:
         n = min(n_prompt - done, n_batch)
         batch = rand.take(n)
-        if done == 0 and info.add_bos:
+        if done == 0 and first_bos and info.add_bos:
             batch[0] = info.bos
         ctx.decode(batch, pos)
         pos += n
@@ -110,17 +138,13 @@ def run_speed_cell(
             test_prompt(ctx, n_prompt, cell.n_batch, rand)
         if n_gen:
             test_gen(ctx, 1, rand)
-        key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch,
-               cell.n_ubatch, cell.n_depth)
+        key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch, cell.n_ubatch)
         samples_ns: list[int] = []
         finite = True
         for _ in range(cell.repetitions):
             ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
             if cell.n_depth:
-                state = depth_cache.get(key)
-                if state is None or not ctx.restore_state(state):
-                    test_prompt(ctx, cell.n_depth, cell.n_batch, rand)
-                    depth_cache.put(key, ctx.save_state())
+                fill_depth(ctx, cell.n_depth, cell.n_batch, rand, depth_cache, key)
             t0 = time.perf_counter_ns()
             if n_prompt:
                 test_prompt(ctx, n_prompt, cell.n_batch, rand)
