@@ -34,6 +34,15 @@ def parquet_names(rd: RunDir) -> list[str]:
     return sorted(p.name for p in rd.attempts_dir.glob("part-*.parquet"))
 
 
+def flushed_sink(rd: RunDir, session: str, n: int, fanin: int = 4) -> ResultSink:
+    """A sink that has flushed attempts a0..a(n-1), one per flush."""
+    sink = ResultSink(rd, session, merge_fanin=fanin)
+    for i in range(n):
+        sink.add(row(i))
+        sink.flush()
+    return sink
+
+
 def counted(rd: RunDir) -> list[str]:
     """attempt ids as the views, resume and recovery see them"""
     ids = [r[0] for r in connect(rd.path).execute("SELECT attempt_id FROM attempts ORDER BY attempt_id").fetchall()]
@@ -69,10 +78,7 @@ def test_many_flushes_keep_few_files_and_every_row_once(tmp_path, monkeypatch):
 
 def test_a_file_a_merge_replaced_is_read_by_nobody(tmp_path):
     rd = run_dir(tmp_path)
-    sink = ResultSink(rd, "s", merge_fanin=4)
-    for i in range(5):
-        sink.add(row(i))
-        sink.flush()
+    sink = flushed_sink(rd, "s", 5)
     # within the grace period the four replaced files are still on disk, and skipped
     live, superseded = split_parts(rd.attempts_dir)
     assert [p.name for p in superseded] == [part_name("s", i) for i in range(4)]
@@ -85,10 +91,7 @@ def test_a_file_a_merge_replaced_is_read_by_nobody(tmp_path):
 
 def test_a_driver_killed_between_a_merge_and_the_deletion(tmp_path):
     rd = run_dir(tmp_path)
-    sink = ResultSink(rd, "dead", merge_fanin=4)
-    for i in range(9):
-        sink.add(row(i))
-        sink.flush()
+    sink = flushed_sink(rd, "dead", 9)
     # the kill: the merged files are in place, the files they replaced are not deleted yet,
     # and the last attempt is only in the log
     sink.add(row(9))
