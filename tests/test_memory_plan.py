@@ -60,9 +60,12 @@ def test_predictions_match_what_llama_cpp_allocates(model):
         assert kv_bytes(shape, k, v, n_ctx) == pytest.approx(got["KV"], rel=0.02), what
         if "RS" in got:
             assert shape.recurrent_bytes == pytest.approx(got["RS"], rel=0.02), what
-        # the compute buffer is an estimate: within 20% on every calibration case
-        assert compute_bytes(shape, n_ctx, ub, fa == "on", "f32" in (k, v)) == pytest.approx(
-            got["compute"], rel=0.20), what
+        # the compute buffer is an estimate: within 12% on every calibration case (5% but for
+        # the hybrid), and the context's whole prediction, which decides fits, within 10%
+        compute = compute_bytes(shape, n_ctx, ub, fa == "on", "f32" in (k, v))
+        assert compute == pytest.approx(got["compute"], rel=0.12), what
+        total = kv_bytes(shape, k, v, n_ctx) + shape.recurrent_bytes + compute
+        assert total == pytest.approx(got["KV"] + got.get("RS", 0) + got["compute"], rel=0.10), what
 
 
 def test_hybrid_keeps_kv_only_in_full_attention_layers():
