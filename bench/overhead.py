@@ -74,7 +74,7 @@ def speed_overhead(args) -> list[str]:
     for kind, n in (("pp", args.n_prompt), ("tg", args.n_gen)):
         settings = llama_api.ContextSettings(
             args.type, args.type, n_ctx=args.depth + n, n_batch=args.batch, n_ubatch=args.ubatch,
-            flash_attn="on", n_threads=args.threads)
+            flash_attn="on", n_threads=args.threads, cpu_threadpool=True)  # as a speed cell's
         with llama_api.Context(model, settings) as ctx:
             rand = RandomTokens(model.info.n_vocab)
             bare = BareLoop(ctx)

@@ -27,7 +27,8 @@ def main() -> None:
     a = p.parse_args()
     model = llama_api.Model(str(cached_model(ModelRecipe())))
     settings = llama_api.ContextSettings(type_k=a.type, type_v=a.type, n_ctx=a.n_gen + 8, n_batch=64,
-                                         n_ubatch=64, flash_attn="on", n_threads=a.threads)
+                                         n_ubatch=64, flash_attn="on", n_threads=a.threads,
+                                         cpu_threadpool=True)
     real = threadpool._api
     ts: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(a.reps):

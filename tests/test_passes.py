@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -185,7 +187,7 @@ def test_contexts_run_on_a_persistent_threadpool_that_changes_no_number(model, m
 
     assert threadpool.available()
     settings = llama_api.ContextSettings(type_k="q8_0", type_v="q8_0", n_ctx=128, n_batch=64, n_ubatch=64,
-                                         flash_attn="on", n_threads=2)
+                                         flash_attn="on", n_threads=2, cpu_threadpool=True)
     tokens = np.random.default_rng(5).integers(0, model.info.n_vocab, 64).astype(np.int32)
 
     def logits() -> tuple[np.ndarray, bool]:
@@ -198,6 +200,10 @@ def test_contexts_run_on_a_persistent_threadpool_that_changes_no_number(model, m
     without_pool, attached_without = logits()
     assert attached and not attached_without
     assert np.array_equal(with_pool, without_pool)
+    monkeypatch.undo()
+    settings = dataclasses.replace(settings, cpu_threadpool=False)  # what the quality pass asks
+    unasked, attached_unasked = logits()
+    assert not attached_unasked and np.array_equal(with_pool, unasked)
 
 
 def test_a_deeper_depth_extends_the_saved_fill(model, tiny_model, monkeypatch):

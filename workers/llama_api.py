@@ -212,6 +212,10 @@ class ContextSettings:
     flash_attn: str = "on"
     n_threads: int = 1
     n_seq_max: int = 1
+    # a persistent CPU threadpool, as llama-bench attaches one to its one context; off for the
+    # quality pass, whose contexts take turns (as llama-perplexity, which attaches none):
+    # several pools would poll for work while another computes (workers/threadpool.py)
+    cpu_threadpool: bool = False
 
 
 @dataclass
@@ -334,7 +338,7 @@ class Context:
         self.facts = _parse_facts(lines)
         # one pool of CPU threads for the context's life, as llama-bench attaches one (else
         # ggml starts and joins threads for every graph: workers/threadpool.py)
-        self._threadpool = Threadpool(self.ptr, settings.n_threads)
+        self._threadpool = Threadpool(self.ptr, settings.n_threads, attach=settings.cpu_threadpool)
         self.n_vocab = model.info.n_vocab
         self.memory = L.llama_get_memory(self.ptr)
         self._batch = L.llama_batch_init(settings.n_batch, 0, 1)

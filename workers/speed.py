@@ -129,6 +129,7 @@ def run_speed_cell(
         n_ubatch=cell.n_ubatch,
         flash_attn=cell.flash_attn,
         n_threads=n_threads,
+        cpu_threadpool=True,  # as llama-bench attaches one to each test's context
     )
     rand = RandomTokens(model.info.n_vocab)
     test_time = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

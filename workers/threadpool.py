@@ -5,7 +5,9 @@ every graph it computes and joins them afterwards (ggml-cpu.c, `ggml_graph_compu
 llama-bench instead creates one pool per test with `ggml_threadpool_new` (poll 50, normal
 priority, no strict placement: ggml's defaults and llama-bench's) and attaches it with
 `llama_attach_threadpool`; kvsweep does the same per context, so that the CPU side of a timed
-loop runs as llama-bench's does. The numbers a context computes do not change: the same
+loop runs as llama-bench's does (speed contexts only: the quality pass, like llama-perplexity,
+attaches none, since its contexts take turns and idle pools would poll for work while another
+computes). The numbers a context computes do not change: the same
 threads split the same work (tests/test_passes.py). On the 2-core VM of docs/benchmarks.md,
 with llama-cpp-python's default OpenMP build, `python bench/threadpool_ab.py` showed no tg
 difference beyond its noise: the point is parity with llama-bench, not a speed-up.
@@ -74,9 +76,9 @@ def available() -> bool:
 class Threadpool:
     """One ggml CPU threadpool attached to one context; free it after the context."""
 
-    def __init__(self, ctx_ptr: int, n_threads: int, poll: int = DEFAULT_POLL):
+    def __init__(self, ctx_ptr: int, n_threads: int, poll: int = DEFAULT_POLL, attach: bool = True):
         self.ptr = None
-        api = _api()
+        api = _api() if attach else None
         if api is None:
             return
         new, _, attach = api
