@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from kvsweep import cache_types
-from kvsweep.parts import committed_tokens_parts, live_parts
+from kvsweep.parts import split_parts, split_tokens_parts
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 
@@ -54,10 +54,6 @@ def sql_text(name: str) -> str:
     return resources.files("kvsweep.analysis").joinpath("sql", f"{name}.sql").read_text()
 
 
-def _files(folder: Path) -> list[str]:
-    return live_parts(folder)  # a merged file replaces the parts it holds (kvsweep/parts.py)
-
-
 def _plan_schema() -> pa.Schema:
     from dataclasses import fields
 
@@ -83,12 +79,12 @@ def connect(run_dir: str | Path, database: str = ":memory:",
             "`kvsweep run` printed, e.g. runs/demo"
         )
     con = duckdb.connect(database)
-    attempts_dir, tokens_dir = run_dir / "results" / "attempts", run_dir / "results" / "tokens"
-    for name, files, schema in (
-        ("attempts_raw", _files(attempts_dir), ATTEMPTS_SCHEMA),
-        # tokens files a dead driver left without their attempts file are not read (kvsweep/parts.py)
-        ("tokens_raw", committed_tokens_parts(tokens_dir, attempts_dir), TOKENS_SCHEMA),
-    ):
+    # a merged attempts file replaces the parts it holds, and tokens files a dead driver left
+    # without their attempts file are not read (kvsweep/parts.py)
+    attempts = split_parts(run_dir / "results" / "attempts")[0]
+    tokens = split_tokens_parts(run_dir / "results" / "tokens", attempts)[0]
+    for name, paths, schema in (("attempts_raw", attempts, ATTEMPTS_SCHEMA), ("tokens_raw", tokens, TOKENS_SCHEMA)):
+        files = [str(p) for p in paths]
         if files:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, union_by_name = true)")
         else:

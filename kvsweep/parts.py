@@ -39,17 +39,23 @@ def span(name: str) -> tuple[str, int, int, bool] | None:
     return None
 
 
+def _merged_ranges(paths: list[Path]) -> dict[str, list[tuple[int, int, str]]]:
+    """Per session, the flush ranges (first, last, file name) its merged files cover."""
+    merged: dict[str, list[tuple[int, int, str]]] = {}
+    for p in paths:
+        s = span(p.name)
+        if s is not None and s[3]:
+            merged.setdefault(s[0], []).append((s[1], s[2], p.name))
+    return merged
+
+
 def split_parts(folder: Path) -> tuple[list[Path], list[Path]]:
     """(live, superseded) part files of `folder`, each sorted by name."""
     files = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    spans = {f: span(f.name) for f in files}
-    merged: dict[str, list[tuple[int, int, str]]] = {}
-    for f, s in spans.items():
-        if s is not None and s[3]:
-            merged.setdefault(s[0], []).append((s[1], s[2], f.name))
+    merged = _merged_ranges(files)
     live, superseded = [], []
     for f in files:
-        s = spans[f]
+        s = span(f.name)
         covered = s is not None and any(
             a <= s[1] and s[2] <= b and name != f.name for a, b, name in merged.get(s[0], ()))
         (superseded if covered else live).append(f)
@@ -61,8 +67,9 @@ def live_parts(folder: Path) -> list[str]:
     return [str(p) for p in split_parts(folder)[0]]
 
 
-def split_tokens_parts(tokens_dir: Path, attempts_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(committed, orphaned) tokens files of a run directory, each sorted by name.
+def split_tokens_parts(tokens_dir: Path, live_attempts: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(committed, orphaned) tokens files of a run directory, each sorted by name, given its
+    live attempts files (`split_parts(attempts_dir)[0]`).
 
     A flush writes its tokens file before its attempts file (the attempt row is the commit
     record), so a driver killed between the two leaves a tokens file whose attempts exist only
@@ -71,23 +78,11 @@ def split_tokens_parts(tokens_dir: Path, attempts_dir: Path) -> tuple[list[Path]
     committed when a live attempts file has its name, or a merged attempts file of its session
     covers its flush (tokens files are never merged)."""
     tokens = sorted(tokens_dir.glob("part-*.parquet")) if tokens_dir.exists() else []
-    if not tokens:
-        return [], []
-    live, _ = split_parts(attempts_dir)
-    names = {p.name for p in live}
-    merged: dict[str, list[tuple[int, int]]] = {}
-    for p in live:
-        s = span(p.name)
-        if s is not None and s[3]:
-            merged.setdefault(s[0], []).append((s[1], s[2]))
+    names = {p.name for p in live_attempts}
+    merged = _merged_ranges(live_attempts)
     committed, orphaned = [], []
     for f in tokens:
         s = span(f.name)
-        ok = f.name in names or (s is not None and any(a <= s[1] <= b for a, b in merged.get(s[0], ())))
+        ok = f.name in names or (s is not None and any(a <= s[1] <= b for a, b, _ in merged.get(s[0], ())))
         (committed if ok else orphaned).append(f)
     return committed, orphaned
-
-
-def committed_tokens_parts(tokens_dir: Path, attempts_dir: Path) -> list[str]:
-    """The tokens files whose rows count, as sorted path strings."""
-    return [str(p) for p in split_tokens_parts(tokens_dir, attempts_dir)[0]]

@@ -137,7 +137,6 @@ def recover(run_dir: RunDir, session_id: str) -> int:
     killed driver left behind and nobody reads: attempts files a merged file replaced, tokens
     files without their attempts file (their rows are in the log, replayed below) and
     half-written temporary files."""
-    remove_superseded(run_dir)
     remove_leftovers(run_dir)
     wal_dir = run_dir.path / "results" / "wal"
     logs = sorted(wal_dir.glob("*.wal")) if wal_dir.exists() else []
@@ -172,25 +171,19 @@ def recover(run_dir: RunDir, session_id: str) -> int:
 
 
 def remove_leftovers(run_dir: RunDir) -> int:
-    """Delete orphaned tokens files and temporary files of interrupted writes (lock held)."""
-    _, orphaned = split_tokens_parts(run_dir.tokens_dir, run_dir.attempts_dir)
+    """Delete what nobody reads and a killed driver may have left (call with the lock held):
+    attempts files a merged file replaces, tokens files without their attempts file, and
+    temporary files of interrupted writes. Returns how many."""
+    live, superseded = split_parts(run_dir.attempts_dir)
+    _, orphaned = split_tokens_parts(run_dir.tokens_dir, live)
     temporary = [p for d in (run_dir.attempts_dir, run_dir.tokens_dir) if d.exists()
                  for p in d.glob(".part-*.tmp")]
-    for path in orphaned + temporary:
+    doomed = superseded + orphaned + temporary
+    for path in doomed:
         path.unlink(missing_ok=True)
-    for d in {p.parent for p in orphaned + temporary}:
+    for d in {p.parent for p in doomed}:
         fsync_dir(d)
-    return len(orphaned) + len(temporary)
-
-
-def remove_superseded(run_dir: RunDir) -> int:
-    """Delete attempts files a merged file of theirs replaces (readers skip them already)."""
-    _, superseded = split_parts(run_dir.attempts_dir)
-    for path in superseded:
-        path.unlink(missing_ok=True)
-    if superseded:
-        fsync_dir(run_dir.attempts_dir)
-    return len(superseded)
+    return len(doomed)
 
 
 MERGE_FANIN = 16  # this many attempts files of one size become one
