@@ -336,8 +336,8 @@ class Context:
                 raise OutOfMemory(f"could not allocate the context ({label})", tail)
             raise LlamaError(f"llama.cpp refused the context ({label})", tail)
         self.facts = _parse_facts(lines)
-        # one pool of CPU threads for the context's life, as llama-bench attaches one (else
-        # ggml starts and joins threads for every graph: workers/threadpool.py)
+        # speed tests: one pool of CPU threads for the context's life, as llama-bench attaches
+        # one (else ggml starts and joins threads for every graph: workers/threadpool.py)
         self._threadpool = Threadpool(self.ptr, settings.n_threads, attach=settings.cpu_threadpool)
         self.n_vocab = model.info.n_vocab
         self.memory = L.llama_get_memory(self.ptr)

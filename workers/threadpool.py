@@ -1,4 +1,4 @@
-"""A persistent CPU threadpool for each context, as llama-bench attaches one.
+"""A persistent CPU threadpool for each speed-test context, as llama-bench attaches one.
 
 Without a threadpool attached, ggml's CPU backend creates a disposable pool of threads for
 every graph it computes and joins them afterwards (ggml-cpu.c, `ggml_graph_compute`).
