@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from kvsweep import cache_types
-from kvsweep.parts import split_parts, split_tokens_parts
+from kvsweep.result_files import quarantine_named, result_files
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 
@@ -71,7 +71,10 @@ def _example_cell():
 
 def connect(run_dir: str | Path, database: str = ":memory:",
             budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the run directory's views loaded (views.sql, report_views.sql)."""
+    """A DuckDB connection with the run directory's views loaded (views.sql, report_views.sql).
+
+    Results files that cannot be read are moved to results/quarantine/ first, with a warning
+    (kvsweep/result_files.py), so a damaged file never stops a report."""
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(
@@ -79,17 +82,21 @@ def connect(run_dir: str | Path, database: str = ":memory:",
             "`kvsweep run` printed, e.g. runs/demo"
         )
     con = duckdb.connect(database)
-    # a merged attempts file replaces the parts it holds, and tokens files a dead driver left
-    # without their attempts file are not read (kvsweep/parts.py)
-    attempts = split_parts(run_dir / "results" / "attempts")[0]
-    tokens = split_tokens_parts(run_dir / "results" / "tokens", attempts)[0]
-    for name, paths, schema in (("attempts_raw", attempts, ATTEMPTS_SCHEMA), ("tokens_raw", tokens, TOKENS_SCHEMA)):
-        files = [str(p) for p in paths]
-        if files:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files!r}, union_by_name = true)")
+    # a merged attempts file replaces the parts it holds, tokens files a dead driver left
+    # without their attempts file are not read, damaged files are set aside (result_files)
+    files = result_files(run_dir / "results")
+    for name, paths, schema in (("attempts_raw", files.attempts, ATTEMPTS_SCHEMA),
+                                ("tokens_raw", files.tokens, TOKENS_SCHEMA)):
+        listed = [str(p) for p in paths]
+        if listed:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({listed!r}, union_by_name = true)")
         else:
             con.register(f"{name}_empty", schema.empty_table())
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
+    # ok quality attempts whose per-token rows went to quarantine: they no longer count
+    con.register("lost_tokens_table", pa.table({"attempt_id": pa.array(sorted(files.lost_tokens), pa.string())}))
+    con.execute("CREATE TABLE lost_tokens AS SELECT * FROM lost_tokens_table")
+    con.unregister("lost_tokens_table")
     plan = run_dir / "plan.parquet"
     if plan.exists():
         con.execute(f"CREATE VIEW plan_raw AS SELECT * FROM read_parquet('{plan}')")
@@ -100,6 +107,21 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     con.execute(sql_text("views"))
     con.execute(sql_text("report_views"))
     return con
+
+
+def with_damage_retry(run_dir: str | Path, work, attempts: int = 8, **connect_args):
+    """work(connection) -> result, retried after moving a results file that a query found
+    damaged past its footer (the error names it) to quarantine; other errors pass through."""
+    results = Path(run_dir) / "results"
+    for attempt in range(attempts):
+        con = connect(run_dir, **connect_args)
+        try:
+            return work(con)
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            if attempt == attempts - 1 or quarantine_named(results, str(exc)) is None:
+                raise
+        finally:
+            con.close()
 
 
 def _register_reference_tables(con: duckdb.DuckDBPyConnection, budgets: tuple[KlBudget, ...]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvsweep.analysis import charts, recommend
-from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, connect, query
+from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, query, with_damage_retry
 from kvsweep.analysis.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from kvsweep.analysis.formatting import fmt_bytes, fmt_depth, fmt_kl, fmt_kl_pm, fmt_pm, fmt_status
 
@@ -274,9 +274,9 @@ def footer_section(run_dir: Path) -> list[Block]:
 
 def build(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> tuple[list[Block], list[charts.Chart]]:
     run_dir = Path(run_dir)
-    con = connect(run_dir, budgets=budgets)
-    chart_list: list[charts.Chart] = []
-    try:
+
+    def assemble(con) -> tuple[list[Block], list[charts.Chart]]:
+        chart_list: list[charts.Chart] = []
         order = _config_order(con)
         style = charts.styles(order)
         tests = _tests(con)
@@ -286,9 +286,9 @@ def build(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) 
         blocks += speed_sections(con, order, style, tests, chart_list)
         blocks += failures_section(con)
         blocks += footer_section(run_dir)
-    finally:
-        con.close()
-    return blocks, chart_list
+        return blocks, chart_list
+
+    return with_damage_retry(run_dir, assemble, budgets=budgets)
 
 
 def render(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kvsweep.analysis.db import connect
+from kvsweep.analysis.db import connect, with_damage_retry
 
 # Views of views.sql and report_views.sql, in the order docs/sql.md explains them.
 VIEWS = ("attempts", "plan", "results", "cell_status", "tokens", "quality", "speed",
@@ -27,14 +27,23 @@ HELP = """statements end with ';' (a single line runs at once); a line ending in
 Ctrl-D          quit"""
 
 
+class QueryError(ValueError):
+    """DuckDB refused the user's query: its message, without a Python traceback."""
+
+
 def run_query(run_dir: str | Path, sql: str) -> None:
-    con = connect(run_dir)
-    try:
+    import duckdb
+
+    def show(con) -> None:
         rel = con.sql(sql)
         if rel is not None:
             rel.show(max_width=200, max_rows=200)
-    finally:
-        con.close()
+
+    try:
+        with_damage_retry(run_dir, show)
+    except duckdb.Error as exc:
+        raise QueryError(f"the query failed: {exc}\n  query: {sql}\n  the views and their columns: "
+                         "docs/sql.md, or `kvsweep sql RUN_DIR` then .views / .schema NAME") from None
 
 
 def _dot_command(con, line: str) -> None:

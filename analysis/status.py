@@ -7,27 +7,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvsweep.analysis.db import connect
+from kvsweep.analysis.db import with_damage_retry
 
 
 def status_tables(run_dir: str | Path) -> dict[str, list[tuple]]:
-    con = connect(run_dir)
-    try:
-        return {
-            "by status": con.execute(
-                "SELECT status, count(*) FROM cell_status GROUP BY ALL ORDER BY 2 DESC").fetchall(),
-            "by host": con.execute(
-                "SELECT coalesce(host, '(not run)'), status, count(*) FROM cell_status "
-                "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall(),
-            "by model": con.execute(
-                "SELECT model_name, kind, status, count(*) FROM cell_status GROUP BY ALL ORDER BY 1, 2, 4 DESC").fetchall(),
-            "left": con.execute(
-                "SELECT kind, model_name, count(*) FROM cell_status WHERE status <> 'ok' "
-                "AND status NOT IN ('skipped') GROUP BY ALL ORDER BY 1, 2").fetchall(),
-            "attempts": con.execute("SELECT count(*) FROM attempts").fetchall(),
-        }
-    finally:
-        con.close()
+    return with_damage_retry(run_dir, _tables)
+
+
+def _tables(con) -> dict[str, list[tuple]]:
+    return {
+        "by status": con.execute(
+            "SELECT status, count(*) FROM cell_status GROUP BY ALL ORDER BY 2 DESC").fetchall(),
+        "by host": con.execute(
+            "SELECT coalesce(host, '(not run)'), status, count(*) FROM cell_status "
+            "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall(),
+        "by model": con.execute(
+            "SELECT model_name, kind, status, count(*) FROM cell_status GROUP BY ALL ORDER BY 1, 2, 4 DESC").fetchall(),
+        "left": con.execute(
+            "SELECT kind, model_name, count(*) FROM cell_status WHERE status <> 'ok' "
+            "AND status NOT IN ('skipped') GROUP BY ALL ORDER BY 1, 2").fetchall(),
+        "attempts": con.execute("SELECT count(*) FROM attempts").fetchall(),
+    }
 
 
 def print_status(run_dir: str | Path) -> None:

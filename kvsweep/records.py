@@ -126,6 +126,7 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("graph_splits_ref", pa.int32()),  # splits of an f16/f16 context of the same shape (GPU only)
         ("kv_devices", pa.string()),  # device(s) holding the KV cache, e.g. "CUDA0" or "CPU"
         ("worker_niceness", pa.int32()),  # the worker process's niceness when the cell ran
+        ("unit_contexts", pa.int32()),  # llama.cpp contexts its quality unit kept alive at once
         # quality summary (exact statistics come from the tokens table)
         ("n_chunks", pa.int32()),
         ("n_tokens", pa.int64()),

@@ -1,12 +1,16 @@
 """`kvsweep`: the command line. Thin: each command parses arguments and calls one module.
 
 Exit codes: 0 done; 1 the sweep ran but some cells are not ok; 2 bad input (matrix, files,
-run directory); 3 the run directory is locked by another driver; 130 interrupted.
+run directory, query) or a disk that is full or not writable; 3 the run directory is locked by
+another driver; 70 a bug in kvsweep; 130 interrupted. Errors are one or a few lines; --debug
+(or KVSWEEP_DEBUG=1) adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -18,12 +22,21 @@ EXIT_NOT_ALL_OK = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # a bug in kvsweep (EX_SOFTWARE): one line, --debug for the traceback
 
 
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else "INFO",
                format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
+
+
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("KVSWEEP_DEBUG", "") not in ("", "0")
+
+
+def _say(message: str) -> None:
+    print(f"kvsweep: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,30 +46,79 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_BAD_INPUT
+    try:
+        return _run_command(args)
+    except Exception:
+        if _debug(args):
+            raise
+        exc = sys.exc_info()[1]
+        _say(f"internal error: {type(exc).__name__}: {exc}")
+        _say("this is a bug in kvsweep: run again with --debug (or KVSWEEP_DEBUG=1) for the "
+             "traceback, and report it with that")
+        return EXIT_INTERNAL
+
+
+def _run_command(args) -> int:
+    """The command, with every error a user can cause turned into a short message and an exit
+    code (--debug or KVSWEEP_DEBUG=1: the traceback as well)."""
+    from kvsweep.analysis.shell import QueryError
     from kvsweep.orchestrator.fleet_cli import FleetError
     from kvsweep.orchestrator.matrix import MatrixError
     from kvsweep.orchestrator.run_dir import RunDirLocked
-    from kvsweep.orchestrator.sweep import InputProblems
+    from kvsweep.orchestrator.sweep import InputProblems, SweepError
 
     try:
         return args.func(args)
     except (MatrixError, InputProblems) as exc:
-        print("kvsweep: the matrix cannot run as it is:", file=sys.stderr)
+        _traceback_if(args)
+        _say("the matrix cannot run as it is:")
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except FileNotFoundError as exc:
-        print(f"kvsweep: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except RunDirLocked as exc:
-        print(f"kvsweep: {exc}", file=sys.stderr)
+        _traceback_if(args)
+        _say(str(exc))
         return EXIT_LOCKED
-    except FleetError as exc:
-        print(f"kvsweep: {exc}", file=sys.stderr)
+    except (FileNotFoundError, FleetError, QueryError, SweepError, NotADirectoryError) as exc:
+        _traceback_if(args)
+        _say(str(exc))
+        return EXIT_BAD_INPUT
+    except ConnectionError as exc:
+        _traceback_if(args)
+        _say(f"cannot reach the Ray cluster: {exc} (is `kvsweep head` running there, and is the "
+             "address HEAD_IP:6379? docs/fleet.md)")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        _traceback_if(args)
+        _say(_disk_message(exc, args))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("kvsweep: interrupted", file=sys.stderr)
+        _say("interrupted")
         return EXIT_INTERRUPTED
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _disk_message(exc: OSError, args) -> str:
+    where = exc.filename or getattr(args, "run_dir", None) or "the run directory"
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only"}.get(exc.errno, "permission denied")
+    text = f"{what}: {where} ({exc.strerror})."
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and getattr(args, "func", None) in (cmd_run, cmd_resume):
+        run_dir = getattr(args, "run_dir", None) or "RUN_DIR"
+        text += (" Every attempt already in the run's write-ahead log is kept: free some space "
+                 f"(or move the run directory to a disk with room) and run `kvsweep resume {run_dir}`")
+    return text
+
+
+def _traceback_if(args) -> None:
+    if _debug(args):
+        import traceback
+
+        traceback.print_exc()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Sweep llama.cpp K/V cache types: quality (PPL, KL divergence, top-1 agreement) and "
         "speed (pp/tg tokens/s at depth) across a fleet of hosts, into Parquet and reports."))
     p.add_argument("--version", action="version", version=f"kvsweep {kvsweep.__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show Python tracebacks with errors (also: KVSWEEP_DEBUG=1)")
     sub = p.add_subparsers(metavar="COMMAND")
 
     def command(name: str, help: str, func) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks with errors (also: KVSWEEP_DEBUG=1)")
         c.set_defaults(func=func)
         return c
 
@@ -115,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker_sub = worker.add_subparsers(metavar="ACTION")
     join = worker_sub.add_parser("join", help="probe this host and join a fleet's head as a worker")
     join.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    join.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                      help="show Python tracebacks with errors (also: KVSWEEP_DEBUG=1)")
     join.set_defaults(func=cmd_worker_join)
     join.add_argument("--address", required=True, help="the head, HEAD_IP:6379")
     join.add_argument("--ip", help="this host's address as the head should reach it")
@@ -203,9 +271,9 @@ def _print_dry_run(matrix_path: Path, address: str | None) -> int:
     from kvsweep.orchestrator.plan_view import print_plan
     from kvsweep.orchestrator.sweep import dry_run
 
-    matrix, cells, view, preds, problems = dry_run(matrix_path, address)
-    print_plan(matrix, cells, view, preds, problems, address)
-    return 0
+    plan = dry_run(matrix_path, address)
+    print_plan(plan, address)
+    return EXIT_BAD_INPUT if plan.problems else 0
 
 
 def cmd_status(args) -> int:

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 
 from kvsweep import records
 from kvsweep.cells import Cell
-from kvsweep.parts import live_parts
+from kvsweep.result_files import result_files
 from kvsweep.orchestrator.run_dir import RunDir
 from kvsweep.workers.runner import RETRYING_FLAG
 
@@ -38,17 +38,21 @@ class CellHistory:
     last_time: int = 0
 
 
-def attempt_files(run_dir: RunDir) -> list[str]:
-    return live_parts(run_dir.attempts_dir)
-
-
 def read_history(run_dir: RunDir) -> dict[str, CellHistory]:
-    files = attempt_files(run_dir)
-    if not files:
+    """Per cell, its attempts. Damaged results files go to quarantine first (their cells are
+    then missing), and quality attempts whose per-token rows did count as never made."""
+    files = result_files(run_dir.path / "results")
+    if not files.attempts:
         return {}
-    table = ds.dataset(files, format="parquet").to_table(
-        columns=["cell_id", "status", "flags", "finished_at"]
+    table = ds.dataset([str(p) for p in files.attempts], format="parquet").to_table(
+        columns=["cell_id", "attempt_id", "status", "flags", "finished_at"]
     )
+    if files.lost_tokens:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        lost = pa.array(sorted(files.lost_tokens), pa.string())
+        table = table.filter(pc.invert(pc.is_in(table.column("attempt_id"), value_set=lost)))
     cell_ids = table.column("cell_id").to_pylist()
     statuses = table.column("status").to_pylist()
     flags = table.column("flags").to_pylist()

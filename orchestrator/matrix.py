@@ -18,6 +18,20 @@ from kvsweep.workers.faults import validate as validate_faults
 from kvsweep.workers.generated_models import ARCHITECTURES, ModelRecipe
 
 FLASH_ATTN_MODES = ("on", "off", "auto")
+
+# Upper bounds, so that a typo (an extra zero, 99999999999999999999) is an error here rather
+# than an overflow in a Parquet column or a sweep that never ends. Generous: the seeds' sweeps
+# reach 512K depth; llama.cpp contexts of 16M tokens exist nowhere yet.
+MAX_TOKENS = 1 << 24  # n_ctx, depths
+MAX_BATCH = 1 << 20  # n_batch, n_ubatch, n_prompt, n_gen
+MAX_INT = 2**31 - 1  # anything else that is stored in an int32 column
+LIMITS = {
+    "repetitions": 1000, "max_chunks": 1_000_000, "max_contexts": 64, "n_ctx": MAX_TOKENS,
+    "depths": MAX_TOKENS, "n_batch": MAX_BATCH, "n_ubatch": MAX_BATCH, "n_prompt": MAX_BATCH,
+    "n_gen": MAX_BATCH, "n_gpu_layers": 100_000, "n_threads": 4096, "oom_retries": 100,
+    "crash_retries": 100,
+}
+MAX_SECONDS = 30 * 24 * 3600.0  # cell_timeout_s, oom_backoff_s
 QUALITY_PLACEMENTS = ("any", "every-backend")
 
 
@@ -143,6 +157,18 @@ class _Reader:
         if v is not None and (v < 0 or (v == 0 and not allow_zero)):
             self.problem(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v}")
             return None
+        limit = LIMITS.get(key.rsplit(".", 1)[-1], MAX_INT)
+        if v is not None and v > limit:
+            self.problem(key, f"must be at most {limit:,}, got {v:,}", "a typo? (see docs/matrix.md)")
+            return None
+        return v
+
+    def seconds(self, value, key: str, allow_zero: bool = False):
+        v = self.typed(value, key, float, "a number of seconds")
+        if v is not None and (not 0 <= v <= MAX_SECONDS or (v == 0 and not allow_zero)):
+            self.problem(key, f"must be {'>= 0' if allow_zero else '> 0'} and at most {MAX_SECONDS:.0f} "
+                         f"(30 days), got {value!r}")
+            return None
         return v
 
     def int_list(self, value, key: str, example: str, allow_zero: bool = False) -> tuple[int, ...]:
@@ -218,7 +244,7 @@ def load_matrix(path: str | Path) -> Matrix:
     configs = _configs(r, top["cache"], runtime)
     quality = _quality(r, top["quality"], path.resolve().parent) if top["quality"] is not None else None
     speed = _speed(r, top["speed"]) if top["speed"] is not None else None
-    if quality is None and speed is None:
+    if top["quality"] is None and top["speed"] is None:
         r.problem("quality/speed", "the matrix measures nothing", "add a [quality] or a [speed] table (or both)")
     retry = _retry(r, top["retry"])
     placement = _placement(r, top["placement"])
@@ -410,10 +436,7 @@ def _runtime(r: _Reader, value) -> RuntimeSpec:
     if not isinstance(env, dict) or not all(isinstance(v, (str, int)) for v in env.values()):
         r.problem("runtime.env", "must be a table of environment variables", 'e.g. env = { LLAMA_ATTN_ROT_DISABLE = "1" }')
         env = {}
-    timeout = r.typed(t["cell_timeout_s"], "runtime.cell_timeout_s", float, "a number of seconds")
-    if timeout is not None and timeout <= 0:
-        r.problem("runtime.cell_timeout_s", "must be > 0")
-        timeout = None
+    timeout = r.seconds(t["cell_timeout_s"], "runtime.cell_timeout_s")
     return RuntimeSpec(
         flash_attn=fa,
         n_gpu_layers=r.positive(t["n_gpu_layers"], "runtime.n_gpu_layers", allow_zero=True) or 0,
@@ -432,7 +455,7 @@ def _retry(r: _Reader, value) -> RetrySpec:
     for k in ("oom_retries", "crash_retries"):
         v = r.positive(t[k], f"retry.{k}", allow_zero=True)
         out[k] = getattr(d, k) if v is None else v
-    backoff = r.typed(t["oom_backoff_s"], "retry.oom_backoff_s", float, "a number of seconds")
+    backoff = r.seconds(t["oom_backoff_s"], "retry.oom_backoff_s", allow_zero=True)
     out["oom_backoff_s"] = d.oom_backoff_s if backoff is None else backoff
     for k in ("skip_deeper_after_oom", "replace_on_oom"):
         v = r.typed(t[k], f"retry.{k}", bool, "true or false")

@@ -17,7 +17,9 @@
   flash attention the n_ubatch x n_ctx x n_head f32 score matrix), or the feed-forward block.
   Calibrated on generated models against what llama.cpp reports (tests/test_memory_plan.py
   states the error it allows).
-A quality cell holds two contexts (its own and the baseline's); a speed cell one.
+A quality work unit holds the baseline context and every compared context at once
+(`predict_group`: the scheduler packs compared caches into units that fit the chosen worker);
+a quality cell alone is the least of that, its context and the baseline's; a speed cell has one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ModelShape:
     weights_bytes: int
     input_bytes: int  # token embeddings (stay in host memory on GPU backends)
     q_gate: bool = False  # qwen35's query projection also produces a gate (2x width)
+    n_ctx_train: int = 0  # {arch}.context_length: the context the model was trained for
 
 
 @lru_cache(maxsize=64)
@@ -89,6 +92,7 @@ def read_shape(path: str) -> ModelShape:
         head_k=head_k, head_v=head_v, n_ff=n_ff, n_vocab=len(tokens), kv_layers=kv_layers,
         recurrent_bytes=recurrent, weights_bytes=weights, input_bytes=inputs,
         q_gate=arch in ("qwen35", "qwen35moe", "qwen3next"),
+        n_ctx_train=int(a("context_length", 0) or 0),
     )
 
 
@@ -152,24 +156,54 @@ class Prediction:
         return self.total - (self.input_bytes if backend not in ("", "CPU") else 0)
 
 
+def _is_own(cell: Cell) -> bool:
+    """A quality cell of the baseline configuration itself: scored from the baseline context."""
+    return cell.type_k == cell.type_v == cell.baseline
+
+
+def predict_group(cells: list[Cell], shape: ModelShape) -> Prediction:
+    """A quality work unit as it runs: the weights, the baseline context and every compared
+    context alive at once (quality.py keeps them side by side), each with its KV cache, its
+    logits buffer (one decode piece of n_vocab floats) and its compute buffer."""
+    head = cells[0]
+    piece = min(head.n_batch, head.n_ctx)
+    compared = [c for c in cells if not _is_own(c)]
+    kv = kv_bytes(shape, head.baseline, head.baseline, head.n_ctx)
+    kv += sum(kv_bytes(shape, c.type_k, c.type_v, c.n_ctx) for c in compared)
+    f32 = any("f32" in (c.type_k, c.type_v, c.baseline) for c in cells)
+    return Prediction(shape.weights_bytes, kv, shape.recurrent_bytes, piece * shape.n_vocab * 4,
+                      compute_bytes(shape, head.n_ctx, min(head.n_ubatch, piece), head.flash_attn != "off", f32),
+                      1 + len(compared), shape.input_bytes)
+
+
 def predict(cell: Cell, shape: ModelShape) -> Prediction:
-    weights = shape.weights_bytes
-    fa = cell.flash_attn != "off"
+    """One cell: a quality cell with its baseline (the least its unit can be), a speed cell's
+    one context."""
     if cell.kind == QUALITY:
-        piece = min(cell.n_batch, cell.n_ctx)
-        kv = kv_bytes(shape, cell.type_k, cell.type_v, cell.n_ctx)
-        if not cell.type_k == cell.type_v == cell.baseline:
-            kv += kv_bytes(shape, cell.baseline, cell.baseline, cell.n_ctx)
-        contexts = 1 if cell.type_k == cell.type_v == cell.baseline else 2
-        f32 = "f32" in (cell.type_k, cell.type_v, cell.baseline)
-        return Prediction(weights, kv, shape.recurrent_bytes, piece * shape.n_vocab * 4,
-                          compute_bytes(shape, cell.n_ctx, min(cell.n_ubatch, piece), fa, f32), contexts,
-                          shape.input_bytes)
+        return predict_group([cell], shape)
+    fa = cell.flash_attn != "off"
     n_ctx = cell.n_prompt + cell.n_gen + cell.n_depth
-    return Prediction(weights, kv_bytes(shape, cell.type_k, cell.type_v, n_ctx), shape.recurrent_bytes,
+    return Prediction(shape.weights_bytes, kv_bytes(shape, cell.type_k, cell.type_v, n_ctx), shape.recurrent_bytes,
                       shape.n_vocab * 4,
                       compute_bytes(shape, n_ctx, cell.n_ubatch, fa, "f32" in (cell.type_k, cell.type_v)),
                       input_bytes=shape.input_bytes)
+
+
+def pack_quality(cells: list[Cell], memory_total: int, backend: str) -> tuple[list[Cell], list[Cell]]:
+    """(what runs together on this worker, what waits for another unit): the baseline's own
+    cells and as many compared caches, in order, as fit next to one baseline pass. Unknown
+    shapes (the file is not here) keep the unit whole."""
+    shape = shape_if_readable(cells[0].model_path) if cells else None
+    if shape is None:
+        return cells, []
+    own = [c for c in cells if _is_own(c)]
+    compared = [c for c in cells if not _is_own(c)]
+    keep = []
+    for c in compared:
+        if keep and not fits(predict_group(own + keep + [c], shape), memory_total, backend):
+            break
+        keep.append(c)
+    return own + keep, compared[len(keep):]
 
 
 def fits(prediction: Prediction, memory_total: int, backend: str = "CPU") -> bool:
@@ -183,12 +217,24 @@ def eligible(cell: Cell, slot) -> bool:
     return not cell.quality_backend or cell.quality_backend == slot.backend
 
 
+def shape_if_readable(path: str) -> ModelShape | None:
+    """The model's shape, or None when its file is not here or not a readable GGUF (the
+    matrix checks report why: orchestrator/inputs.py)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_shape(path)
+    except Exception:  # the gguf reader's ValueError / KeyError / IndexError on a bad file
+        return None
+
+
 def predictions(cells: list[Cell]) -> dict[str, Prediction]:
     """Predictions for every cell whose model file is readable here (others: unknown)."""
     out = {}
     for cell in cells:
-        if Path(cell.model_path).exists():
-            out[cell.cell_id] = predict(cell, read_shape(cell.model_path))
+        shape = shape_if_readable(cell.model_path)
+        if shape is not None:
+            out[cell.cell_id] = predict(cell, shape)
     return out
 
 

@@ -16,7 +16,9 @@ def fmt_depth(depth: int) -> str:
     return f"{depth // 1024}K" if depth >= 1024 and depth % 1024 == 0 else str(depth)
 
 
-def print_plan(matrix, cells, view, preds, problems, address, out=print) -> None:
+def print_plan(plan, address, out=print) -> None:
+    """`plan`: orchestrator.sweep.DryRun."""
+    matrix, cells, view, preds, problems = plan.matrix, plan.cells, plan.view, plan.predictions, plan.problems
     out(f"matrix {matrix.source} (sweep '{matrix.name}')")
     out(f"configurations: {', '.join(config_label(k, v) for k, v in matrix.configs)}")
     by_class = defaultdict(list)
@@ -33,8 +35,12 @@ def print_plan(matrix, cells, view, preds, problems, address, out=print) -> None
     for model, kind, n in summarize(cells):
         out(f"  {model:<{width}}  {kind:<8} {n:>6}")
     _print_memory(cells, view, preds, out)
+    if plan.warnings:
+        out(f"\nwarnings: {len(plan.warnings)}")
+        for warning in plan.warnings:
+            out(f"  - {warning}")
     if problems:
-        out(f"\ncannot run yet: {len(problems)} problem(s):")
+        out(f"\ncannot run as it is: {len(problems)} problem(s):")
         for problem in problems:
             out(f"  - {problem}")
 

@@ -7,7 +7,6 @@
       results/attempts/*.parquet  one row per attempt, any status (written once, never changed)
       results/tokens/*.parquet    per-token quality figures of those attempts
       report/                     what `kvsweep report` writes
-      logs/driver-SESSION.log     the driver's log
       driver.lock                 held (flock) by the one driver working on this directory
 
 Every file is written under a temporary name, flushed to disk and renamed, so a crash or a

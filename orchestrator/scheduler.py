@@ -32,10 +32,10 @@ from loguru import logger
 from kvsweep import records
 from kvsweep.cells import QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
-from kvsweep.orchestrator.memory_plan import eligible, fits
+from kvsweep.orchestrator.memory_plan import eligible, fits, pack_quality
 from kvsweep.orchestrator.plan import make_units, speed_series_key
 from kvsweep.orchestrator.sink import ResultSink
-from kvsweep.workers.runner import RETRYING_FLAG, Finished, Progress, Returned
+from kvsweep.workers.runner import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned
 from kvsweep.workers.worker_log import reason_line
 
 
@@ -171,16 +171,21 @@ class Scheduler:
         """Keep the cells predicted to fit this worker; the others wait for a bigger one."""
         too_big = [c for c in unit.cells if c.cell_id in self.predicted
                    and not fits(self.predicted[c.cell_id], slot.memory_total, slot.backend)]
-        if not too_big:
-            return unit
-        need = max(self.predicted[c.cell_id].on_device(slot.backend) for c in too_big)
-        for bigger in make_units(too_big, self.policy.max_contexts):
-            bigger.min_free_memory = max(unit.min_free_memory, slot.memory_total + 1, int(need))
-            bigger.exclude_nodes = unit.exclude_nodes
-            self.queue.append(bigger)
+        if too_big:
+            need = max(self.predicted[c.cell_id].on_device(slot.backend) for c in too_big)
+            for bigger in make_units(too_big, self.policy.max_contexts):
+                bigger.min_free_memory = max(unit.min_free_memory, slot.memory_total + 1, int(need))
+                bigger.exclude_nodes = unit.exclude_nodes
+                self.queue.append(bigger)
         keep = [c for c in unit.cells if c not in too_big]
         if not keep:
             return None
+        if unit.kind == QUALITY:
+            # every compared context of a unit is alive at once: run as many as fit here
+            keep, wait = pack_quality(keep, slot.memory_total, slot.backend)
+            for later in reversed(make_units(wait, self.policy.max_contexts)):
+                later.min_free_memory, later.exclude_nodes = unit.min_free_memory, unit.exclude_nodes
+                self.queue.appendleft(later)
         unit.cells = keep
         return unit
 
@@ -290,6 +295,13 @@ class Scheduler:
         for cid in event.cell_ids:
             if cid in flight.pending:
                 flight.pending.remove(cid)
+        if event.reason == OOM_SPLIT:
+            # a quality unit ran out of memory with several compared contexts alive: run it
+            # again as two halves (each split again if it must), as a crash isolates cells
+            compared = sum(1 for c in cells if not (c.type_k == c.type_v == c.baseline))
+            halves = make_units(cells, max(1, -(-compared // 2)))
+            self.queue.extendleft(reversed(halves))
+            return
         if flight.oom_replace:
             flight.oom_replace.extend(cells)  # the rest of the series follows its head
             return

@@ -46,7 +46,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet, fsync_dir
-from kvsweep.parts import live_parts, part_name, split_parts, split_tokens_parts
+from kvsweep.parts import part_name
+from kvsweep.result_files import result_files
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 _MAGIC = b"KVW1"
@@ -87,9 +88,16 @@ class WriteAheadLog:
         t = _ipc(tokens) if tokens is not None else b""
         payload = struct.pack("<Q", len(a)) + a + struct.pack("<Q", len(t)) + t
         record = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        end = os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(record)
-        while view:  # one write() in practice; loop only if the kernel takes less
-            view = view[os.write(self.fd, view):]
+        try:
+            while view:  # one write() in practice; loop only if the kernel takes less
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            # a full disk can take part of a record: cut it off, so that a later append (or
+            # the replay) never meets a torn record in the middle of the log
+            os.ftruncate(self.fd, end)
+            raise
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -124,7 +132,7 @@ def read_wal(path: Path) -> list[tuple[pa.Table, pa.Table | None]]:
 
 
 def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
-    files = live_parts(run_dir.attempts_dir)
+    files = [str(p) for p in result_files(run_dir.path / "results").attempts]
     if not files:
         return set()
     return set(ds.dataset(files, format="parquet").to_table(columns=["attempt_id"]).column(0).to_pylist())
@@ -174,8 +182,8 @@ def remove_leftovers(run_dir: RunDir) -> int:
     """Delete what nobody reads and a killed driver may have left (call with the lock held):
     attempts files a merged file replaces, tokens files without their attempts file, and
     temporary files of interrupted writes. Returns how many."""
-    live, superseded = split_parts(run_dir.attempts_dir)
-    _, orphaned = split_tokens_parts(run_dir.tokens_dir, live)
+    files = result_files(run_dir.path / "results")  # also sets damaged files aside
+    superseded, orphaned = files.superseded, files.orphaned
     temporary = [p for d in (run_dir.attempts_dir, run_dir.tokens_dir) if d.exists()
                  for p in d.glob(".part-*.tmp")]
     doomed = superseded + orphaned + temporary

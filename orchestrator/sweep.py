@@ -29,6 +29,11 @@ from kvsweep.orchestrator.sink import ResultSink, recover
 from kvsweep.workers.runner import RetryPolicy
 
 
+class SweepError(RuntimeError):
+    """The sweep cannot start or go on for a reason the message explains (no workers, no
+    cluster at the address)."""
+
+
 class InputProblems(RuntimeError):
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -69,6 +74,8 @@ def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
     inputs = resolve_inputs(matrix)
     if inputs.problems:
         raise InputProblems(inputs.problems)
+    for warning in inputs.warnings:
+        logger.warning(warning)
     run_dir = RunDir(Path(opts.run_dir) if opts.run_dir else default_run_dir(matrix))
     run_dir.path.mkdir(parents=True, exist_ok=True)
     with run_dir.acquire_lock() as lock:
@@ -89,7 +96,7 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                          fault_plan=list(matrix.faults))
         slots = fleet_mod.create_slots(**slot_args)
         if not slots:
-            raise RuntimeError("no kvsweep workers in the Ray cluster: start some with "
+            raise SweepError("no kvsweep workers in the Ray cluster: start some with "
                                "`kvsweep worker join --address HEAD:PORT` (see docs/fleet.md)")
         cells = expand(matrix, inputs, {s.host_class for s in slots}, {s.backend for s in slots})
         session = new_session_id()
@@ -200,13 +207,24 @@ def fleet_view(address: str | None) -> FleetView:
     return FleetView(sorted({r.host_class for r in rows}), sorted({r.backend for r in rows}), slots)
 
 
-def dry_run(matrix_path: str | Path, address: str | None = None):
-    """The plan without running it: (matrix, cells, fleet view, predictions, problems)."""
+@dataclass
+class DryRun:
+    """The plan without running it, and what stands in its way."""
+
+    matrix: Matrix
+    cells: list[Cell]
+    view: FleetView
+    predictions: dict
+    problems: list[str]  # the matrix cannot run as it is (`--dry-run` exits 2)
+    warnings: list[str]  # it runs, but probably not as meant
+
+
+def dry_run(matrix_path: str | Path, address: str | None = None) -> DryRun:
     matrix = load_matrix(matrix_path)
     inputs = resolve_inputs(matrix)
     view = fleet_view(address)
     cells = expand(matrix, inputs, view.host_classes, view.backends)
-    return matrix, cells, view, memory_plan.predictions(cells), inputs.problems
+    return DryRun(matrix, cells, view, memory_plan.predictions(cells), inputs.problems, inputs.warnings)
 
 
 def units_of(cells: list[Cell], matrix: Matrix):

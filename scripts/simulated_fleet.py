@@ -59,7 +59,7 @@ def main() -> None:
         print_workers(list_workers(cluster.address))
         print(f"\n$ kvsweep run --dry-run {matrix.name} --address {cluster.address}")
         plan = dry_run(matrix, cluster.address)
-        print_plan(*plan, cluster.address)
+        print_plan(plan, cluster.address)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -111,6 +111,8 @@ def duckdb_memory():
 
 
 # -- kill -9 of a real driver -----------------------------------------------------------------
+# The driver is held at known cells by `wait` faults (the worker blocks until a file exists), so
+# the kill lands where the test means it to on any machine, however fast cells run.
 
 MATRIX = """
 name = "k9"
@@ -123,7 +125,21 @@ depths = [0, 128, 256, 512]
 n_prompt = 32
 n_gen = 8
 repetitions = 2
+[testing]
+faults = [
+  { match = { type_k = "q8_0", kind = "pp", n_depth = 0 }, fault = "wait", path = "@GATE1@" },
+  { match = { type_k = "q4_0", kind = "pp", n_depth = 0 }, fault = "wait", path = "@GATE2@" },
+]
 """
+PER_SERIES = 8  # 4 depths x (pp, tg): the cells one configuration's series runs before the next
+
+
+def write_k9(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The matrix and its two gates: the 1st held before q8_0's series, the 2nd before q4_0's."""
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(MATRIX.replace("@GATE1@", str(gate1)).replace("@GATE2@", str(gate2)))
+    return matrix, gate1, gate2
 
 
 def start_driver(matrix: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
@@ -133,7 +149,9 @@ def start_driver(matrix: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
-def wait_for(predicate, timeout_s: float, proc: subprocess.Popen) -> None:
+def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 600) -> None:
+    """Until predicate() holds. The driver is held at a gate, so it cannot finish first; the
+    limit only catches a hung test (generous, for slow hosts)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if proc.poll() is not None:
@@ -149,7 +167,15 @@ def wal_records(run_dir: Path) -> list:
     return [r for log in logs for r in read_wal(log)]
 
 
-def resume_and_check(matrix: Path, run_dir: Path, recovered_ids: set[str]) -> None:
+def wal_attempt_ids(run_dir: Path) -> set[str]:
+    return {aid for t, _ in wal_records(run_dir) for aid in t.column("attempt_id").to_pylist()}
+
+
+def flushed_attempt_ids(run_dir: Path) -> set[str]:
+    return recorded_attempt_ids(RunDir(run_dir)) if (run_dir / "results" / "attempts").exists() else set()
+
+
+def resume_and_check(run_dir: Path, recovered_ids: set[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "kvsweep", "resume", str(run_dir), "--no-progress"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -170,33 +196,39 @@ def resume_and_check(matrix: Path, run_dir: Path, recovered_ids: set[str]) -> No
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_9_while_results_are_only_in_the_log(tmp_path):
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
+    matrix, gate1, gate2 = write_k9(tmp_path)
     run_dir = tmp_path / "run"
     proc = start_driver(matrix, run_dir, "--flush-every", "3600")
-    wait_for(lambda: len(wal_records(run_dir)) >= 4, 240, proc)
+    # f16's series is done and held at the first gate: its attempts are in the log only
+    wait_for(lambda: len(wal_attempt_ids(run_dir)) >= PER_SERIES, proc)
     # a second driver on the same run directory is refused while the first one lives
     second = subprocess.run([sys.executable, "-m", "kvsweep", "run", str(matrix), "--run-dir", str(run_dir)],
                             capture_output=True, text=True, timeout=120)
     assert second.returncode == 3 and "another kvsweep driver" in second.stderr
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    received = {t.column("attempt_id")[0].as_py() for t, _ in wal_records(run_dir)}
-    assert len(received) >= 4
+    received = wal_attempt_ids(run_dir)
+    assert len(received) == PER_SERIES
     assert not list((run_dir / "results" / "attempts").glob("*.parquet")), "nothing was flushed yet"
-    resume_and_check(matrix, run_dir, received)
+    gate1.touch(), gate2.touch()
+    resume_and_check(run_dir, received)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_9_after_some_flushes(tmp_path):
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(MATRIX)
+    matrix, gate1, gate2 = write_k9(tmp_path)
     run_dir = tmp_path / "run"
     proc = start_driver(matrix, run_dir)
-    wait_for(lambda: len(list((run_dir / "results" / "attempts").glob("part-*.parquet"))) >= 2, 240, proc)
+    # held at gate 1, the driver flushes what it has within its 1 s interval: flush one ...
+    wait_for(lambda: len(flushed_attempt_ids(run_dir)) >= PER_SERIES, proc)
+    gate1.touch()
+    # ... and held at gate 2, flush two (q8_0's series)
+    wait_for(lambda: len(flushed_attempt_ids(run_dir)) >= 2 * PER_SERIES, proc)
+    assert len(list((run_dir / "results" / "attempts").glob("part-*.parquet"))) >= 2
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    flushed = connect(run_dir).execute("SELECT attempt_id FROM attempts").fetchall()
-    received = {r[0] for r in flushed} | {t.column("attempt_id")[0].as_py() for t, _ in wal_records(run_dir)}
-    resume_and_check(matrix, run_dir, received)
+    received = flushed_attempt_ids(run_dir) | wal_attempt_ids(run_dir)
+    assert len(received) == 2 * PER_SERIES
+    gate2.touch()
+    resume_and_check(run_dir, received)

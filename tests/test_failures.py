@@ -204,3 +204,42 @@ def test_resume_redoes_what_the_mode_says(faulty_run):
     assert con.execute("SELECT count(*) FROM cell_status WHERE status <> 'ok'").fetchone()[0] == 0
     # earlier attempts are kept: the history of a cell is data too
     assert con.execute("SELECT count(*) FROM attempts").fetchone()[0] > result.planned
+
+
+SPLIT_MATRIX = """
+name = "split"
+[[models]]
+generate = {{ arch = "llama" }}
+[cache]
+symmetric = ["f16", "q8_0", "q5_0", "q4_0"]
+[quality]
+corpus = "{corpus}"
+n_ctx = [128]
+max_chunks = 2
+baseline = "f32"
+n_batch = 128
+max_contexts = 4
+[retry]
+oom_backoff_s = 0.1
+[testing]
+# any context of a unit that keeps 3 or more alive runs out of memory: the unit fits only split
+faults = [{{ match = {{ kind = "quality" }}, fault = "oom", min_contexts = 3 }}]
+"""
+
+
+def test_a_quality_unit_that_only_fits_when_split(ray_local, tmp_path):
+    path = tmp_path / "split.toml"
+    path.write_text(SPLIT_MATRIX.format(corpus=DEMO_CORPUS))
+    result = run_sweep(path, RunOptions(run_dir=tmp_path / "run", progress=False, report=False))
+    con = connect(result.run_dir)
+    # against f32, bf16 joins: 5 compared caches, units of the baseline's own cell + 4, and of 1
+    assert con.execute("SELECT count(*) FROM cell_status WHERE status <> 'ok'").fetchone()[0] == 0
+    ok = con.execute("SELECT DISTINCT unit_contexts FROM results WHERE type_k <> 'f32'").fetchall()
+    assert ok == [(2,)]  # halved until one compared cache ran next to the baseline
+    splits = con.execute("SELECT count(*) FROM attempts WHERE list_contains(flags, 'oom-split') "
+                         "AND list_contains(flags, 'oom-retrying') AND status = 'oom'").fetchone()[0]
+    # the unit of own + 4 (5 rows), then its halves own + 2 (3 rows) and 2 (2 rows); the unit of
+    # one compared cache fits at once
+    assert splits == 5 + 3 + 2
+    # the tries were rows, but never the cell's result
+    assert con.execute("SELECT count(*) FROM results WHERE status = 'oom'").fetchone()[0] == 0

@@ -171,34 +171,55 @@ def test_quality_on_every_backend_compares_the_same_cell_across_backends(cluster
     assert all(n == 1 for _, n in ppl)
 
 
+def held_matrix(tmp_path, configs: str, repetitions: int, gate) -> "Path":
+    """MATRIX with more configurations, and every worker with less than 100 GiB held at its
+    first cell until `gate` exists: only a 128 GiB node works meanwhile, however fast cells
+    run (a `wait` fault; the cell limit is raised so that holding is not a timeout)."""
+    path = tmp_path / "held.toml"
+    hold = f'  {{ match = {{}}, fault = "wait", path = "{gate}", needs_bytes = {100 * GiB} }},'
+    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
+                    .replace('symmetric = ["f16", "q8_0", "q4_0"]', f"symmetric = {configs}")
+                    .replace("repetitions = 1", f"repetitions = {repetitions}")
+                    .replace("cell_timeout_s = 120", "cell_timeout_s = 1800")
+                    .replace("[testing]\nfaults = [", "[testing]\nfaults = [\n" + hold))
+    return path
+
+
+def attempts_of_node(run_dir, node_id: str) -> int:
+    """Attempts a node made so far: in the write-ahead log, or already in Parquet."""
+    from kvsweep.orchestrator.sink import read_wal
+
+    logs = list((run_dir / "results" / "wal").glob("*.wal"))
+    seen = [n for log in logs for t, _ in read_wal(log) for n in t.column("node_id").to_pylist()]
+    if list((run_dir / "results" / "attempts").glob("*.parquet")):
+        seen += [r[0] for r in connect(run_dir).execute("SELECT node_id FROM attempts").fetchall()]
+    return seen.count(node_id)
+
+
+def wait_until(predicate, thread, timeout_s: float = 900) -> None:
+    """The others are held at a gate, so the sweep cannot end first; the limit only catches a
+    hung test."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert thread.is_alive(), "the sweep ended while held"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 def test_a_node_lost_mid_sweep_loses_nothing(cluster, tmp_path):
     c, _ = cluster
-    extra = c.add_node(**node_args("gpu-a", "CUDA", 16 * GiB))
+    extra = c.add_node(**node_args("gpu-a", "CUDA", 128 * GiB))
     c.wait_for_nodes()
-    path = tmp_path / "lose.toml"
-    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
-                    .replace('symmetric = ["f16", "q8_0", "q4_0"]', 'symmetric = ["f16", "q8_0", "q4_0", "q5_0", "iq4_nl"]')
-                    .replace("repetitions = 1", "repetitions = 3"))
+    gate = tmp_path / "gate"
+    path = held_matrix(tmp_path, '["f16", "q8_0", "q4_0", "q5_0", "iq4_nl"]', 3, gate)
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", run_sweep(
         path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False))))
     thread.start()
-    from kvsweep.orchestrator.sink import read_wal
-
-    def extra_has_worked() -> bool:
-        logs = list((tmp_path / "run" / "results" / "wal").glob("*.wal"))
-        attempts = (tmp_path / "run" / "results" / "attempts")
-        seen = [t.column("node_id")[0].as_py() for log in logs for t, _ in read_wal(log)]
-        if attempts.exists() and list(attempts.glob("*.parquet")):
-            seen += [r[0] for r in connect(tmp_path / "run").execute("SELECT node_id FROM attempts").fetchall()]
-        return extra.node_id in seen
-
-    deadline = time.monotonic() + 300
-    while not extra_has_worked():
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.2)
-    c.remove_node(extra)
-    thread.join(timeout=600)
+    wait_until(lambda: attempts_of_node(tmp_path / "run", extra.node_id) > 0, thread)
+    c.remove_node(extra)  # while it works: the rest of the fleet is held
+    gate.touch()
+    thread.join(timeout=900)
     result = out["r"]
     con = connect(result.run_dir)
     # every planned cell that can run (gpu-a, mac-b) has exactly one ok result
@@ -211,25 +232,59 @@ def test_a_node_lost_mid_sweep_loses_nothing(cluster, tmp_path):
 
 def test_a_node_that_joins_mid_sweep_gets_work(cluster, tmp_path):
     c, _ = cluster
-    path = tmp_path / "join.toml"
-    path.write_text(MATRIX.format(corpus=DEMO_CORPUS, quality_on="any", twelve=0, hundred=0)
-                    .replace('symmetric = ["f16", "q8_0", "q4_0"]', 'symmetric = ["f16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1"]')
-                    .replace("repetitions = 1", "repetitions = 4")
-                    # every cell takes 0.3 s more: the sweep outlasts the new node's start (~4 s)
-                    # however fast the cells themselves get
-                    .replace("[testing]\nfaults = [", '[testing]\nfaults = [\n  { match = {}, fault = "slow", seconds = 0.3 },'))
+    gate = tmp_path / "gate"
+    path = held_matrix(tmp_path, '["f16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1"]', 2, gate)
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", run_sweep(
         path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False, report=False,
                          fleet_refresh_s=1.0))))
     thread.start()
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "run" / "results" / "wal").glob("*.wal")):  # the sweep is running
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.1)
-    late = c.add_node(**node_args("gpu-a", "CUDA", 16 * GiB))
+    wait_until(lambda: list((tmp_path / "run" / "results" / "wal").glob("*.wal")), thread)  # running
+    late = c.add_node(**node_args("gpu-a", "CUDA", 128 * GiB))  # the one node not held
+    wait_until(lambda: attempts_of_node(tmp_path / "run", late.node_id) > 0, thread)
+    gate.touch()
     thread.join(timeout=900)
     con = connect(out["r"].run_dir)
     assert rows(con, f"SELECT count(*) > 0 FROM attempts WHERE node_id = '{late.node_id}'") == [(True,)]
     assert rows(con, "SELECT count(*) FROM cell_status WHERE status = 'missing'") == [(0,)]
     c.remove_node(late)
+
+
+def test_quality_units_are_packed_to_fit_the_worker(cluster, tmp_path):
+    """A node whose memory holds the baseline and two compared contexts, not three: the
+    scheduler runs its quality cells in units that fit (every context is alive at once)."""
+    from kvsweep.cells import QUALITY, Cell
+    from kvsweep.orchestrator.memory_plan import HEADROOM, predict_group, read_shape
+    from kvsweep.workers.generated_models import ModelRecipe, cached_model
+
+    c, _ = cluster
+    model = str(cached_model(ModelRecipe()))
+    shape = read_shape(model)
+
+    def group(n: int) -> list[Cell]:
+        types = ["q8_0", "q5_0", "q4_0", "iq4_nl"][:n]
+        return [Cell(kind=QUALITY, model_name="m", model_path=model, model_sha256="x", type_k=t, type_v=t,
+                     n_ctx=128, n_batch=128, baseline="f16") for t in types]
+
+    need = [predict_group(group(n), shape).on_device("Vulkan") for n in (1, 2, 3)]
+    memory = int((need[1] + need[2]) / 2 / (1 - HEADROOM))  # two compared fit, three do not
+    node = c.add_node(**node_args("vk-box", "Vulkan", memory))
+    c.wait_for_nodes()
+    path = tmp_path / "pack.toml"
+    text = MATRIX.format(corpus=DEMO_CORPUS, quality_on="every-backend", twelve=0, hundred=0)
+    text = text[:text.index("[speed]")] + text[text.index("[runtime]"):]  # quality only
+    path.write_text(text.replace('symmetric = ["f16", "q8_0", "q4_0"]',
+                                 'symmetric = ["f16", "q8_0", "q5_0", "q4_0", "iq4_nl"]'))
+    try:
+        result = run_sweep(path, RunOptions(run_dir=tmp_path / "run", address=c.address, progress=False,
+                                            report=False))
+    finally:
+        c.remove_node(node)
+    con = connect(result.run_dir)
+    on_vk = rows(con, "SELECT r.status, r.unit_contexts, r.node_id FROM results r JOIN plan p "
+                      "USING (cell_id) WHERE p.quality_backend = 'Vulkan'")
+    assert len(on_vk) == 5 and {s for s, _, _ in on_vk} == {"ok"}
+    assert {n for _, _, n in on_vk} == {node.node_id}
+    assert max(u for _, u, _ in on_vk) == 3  # baseline + 2, never more
+    # no OOM was needed to find that out: the planner packed the units before they ran
+    assert rows(con, "SELECT count(*) FROM attempts WHERE status = 'oom'") == [(0,)]

@@ -12,13 +12,16 @@ KVSWEEP_FAULTS or the matrix's `[testing] faults`:
     segv    read address 0: the worker process dies of SIGSEGV
     exit    the worker process exits at once (like being killed)
     hang    sleep far past any time limit, without progress
-    slow    sleep `seconds` (default 1), then run the cell normally: stretches a sweep so a
-            test can act while it runs (e.g. add a node), independent of how fast cells are
+    slow    sleep `seconds` (default 1), then run the cell normally: stretches a sweep
+    wait    block until the file `path` exists (at most `seconds`, default 3600), then run the
+            cell normally: a test holds a sweep at a known cell, acts (kills the driver, adds
+            or removes a node, fills the disk), then lets it go on, however fast cells are
     nan     the cell's logits turn into NaN (quality cells), as a broken kernel would give
     error   raise an ordinary exception
 `times` (default: always) limits how often a fault fires per cell; the count survives the
 worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
-`seconds` is the slow fault's delay. `needs_bytes` makes a fault fire only on workers with less memory than that, as if the cell
+`seconds` is the slow fault's delay (the wait fault's limit). `min_contexts` makes a fault fire
+only in a work unit holding at least that many contexts (a unit too big for a worker). `needs_bytes` makes a fault fire only on workers with less memory than that, as if the cell
 needed that much: how tests build fleets where a cell fits on some hosts and not others.
 """
 
@@ -34,13 +37,13 @@ from pathlib import Path
 
 from kvsweep.cells import Cell
 
-FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "nan", "error")
+FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error")
 ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
 _plan_from_unit: list[dict] = []
 _worker_memory: int = 0
-_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds"}
+_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds", "path", "min_contexts"}
 
 
 class InjectedError(RuntimeError):
@@ -84,6 +87,8 @@ def validate(plan: list[dict]) -> list[str]:
         for key in entry.get("match", {}):
             if key not in fields:
                 problems.append(f"faults[{i}].match.{key} is not a cell field")
+        if entry.get("fault") == "wait" and not isinstance(entry.get("path"), str):
+            problems.append(f"faults[{i}].path must name the file the wait fault waits for")
     return problems
 
 
@@ -91,11 +96,11 @@ def _example_cell() -> Cell:
     return Cell(kind="pp", model_name="", model_path="", model_sha256="", type_k="f16", type_v="f16")
 
 
-def _fires(cell: Cell, fault: str) -> bool:
-    return _firing_entry(cell, fault) is not None
+def _fires(cell: Cell, fault: str, contexts: int = 1) -> bool:
+    return _firing_entry(cell, fault, contexts) is not None
 
 
-def _firing_entry(cell: Cell, fault: str) -> dict | None:
+def _firing_entry(cell: Cell, fault: str, contexts: int = 1) -> dict | None:
     """The plan entry of this fault that fires for this cell now (counting it), or None."""
     for i, entry in enumerate(_plan()):
         if entry.get("fault") != fault:
@@ -103,6 +108,8 @@ def _firing_entry(cell: Cell, fault: str) -> dict | None:
         if any(getattr(cell, k, None) != v for k, v in entry.get("match", {}).items()):
             continue
         if "needs_bytes" in entry and _memory() >= entry["needs_bytes"]:
+            continue
+        if contexts < entry.get("min_contexts", 0):
             continue
         times = entry.get("times")
         if times is None:
@@ -117,12 +124,13 @@ def _firing_entry(cell: Cell, fault: str) -> dict | None:
     return None
 
 
-def maybe_inject(cell: Cell, stage: str = "start") -> None:
-    """Called by the runner before a cell runs."""
+def maybe_inject(cell: Cell, contexts: int = 1) -> None:
+    """Called by the runner before a cell runs; `contexts`: how many llama.cpp contexts its
+    work unit keeps alive (a quality unit: the baseline's and every compared cache's)."""
     from kvsweep.workers.llama_api import OutOfMemory
 
     _nan_decided.pop((cell.cell_id, "nan"), None)  # a new attempt decides afresh
-    if _fires(cell, "oom"):
+    if _fires(cell, "oom", contexts):
         raise OutOfMemory(
             "injected fault: oom",
             "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 123456789\n"
@@ -135,6 +143,11 @@ def maybe_inject(cell: Cell, stage: str = "start") -> None:
     slow = _firing_entry(cell, "slow")
     if slow is not None:
         time.sleep(float(slow.get("seconds", 1.0)))
+    wait = _firing_entry(cell, "wait")
+    if wait is not None:
+        deadline = time.monotonic() + float(wait.get("seconds", 3600.0))
+        while not os.path.exists(wait["path"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     if _fires(cell, "abort"):
         os.abort()
     if _fires(cell, "segv"):

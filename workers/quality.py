@@ -14,6 +14,7 @@ is scored: logits at positions first = n_ctx // 2 .. n_ctx - 2 predict the next 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -65,11 +66,15 @@ def run_quality_group(
     n_threads: int,
     reducer: Reducer,
     fallback: FallbackCheck | None = None,
+    split_on_oom: bool = False,
 ) -> Generator[tuple[int, int], None, list[records.CellOutcome]]:
     """Run every quality cell of `cells` (one model, corpus, n_ctx and baseline) together.
 
     A generator: yields (chunks done, chunks total) after each chunk, so the caller can show
-    progress and prove liveness, and returns one outcome per cell.
+    progress and prove liveness, and returns one outcome per cell. With `split_on_oom`, an
+    out-of-memory of any context ends the group (OutOfMemory propagates: the unit is too big
+    for this worker and is run again in parts); without it, a compared context's OOM is that
+    cell's outcome and the others go on.
     """
     head = cells[0]
     n_ctx, first = head.n_ctx, head.n_ctx // 2
@@ -91,14 +96,21 @@ def run_quality_group(
 
     base = llama_api.Context(model, settings(head.baseline, head.baseline))
     compared: list[_Compared] = []
+    contexts = 1 + sum(1 for c in cells if not c.type_k == c.type_v == c.baseline)
     try:
         for cell in cells:
             try:
-                faults.maybe_inject(cell)
+                faults.maybe_inject(cell, contexts)
                 if cell.type_k == cell.type_v == cell.baseline:
                     compared.append(_Compared(cell, None))  # scored from the baseline itself
                     continue
                 compared.append(_Compared(cell, llama_api.Context(model, settings(*cell.config))))
+            except llama_api.OutOfMemory:
+                if split_on_oom:
+                    raise
+                item = _Compared(cell, None)
+                item.failure = failure_outcome(cell, started, sys.exc_info()[1])
+                compared.append(item)
             except (llama_api.LlamaError, faults.InjectedError) as exc:
                 item = _Compared(cell, None)
                 item.failure = failure_outcome(cell, started, exc)
@@ -144,6 +156,8 @@ def run_quality_group(
                             c.nonfinite = True
                         _append(c.parts, chunk, p_lo, next_tokens, scores, base_rows.nll)
                     except llama_api.LlamaError as exc:
+                        if split_on_oom and isinstance(exc, llama_api.OutOfMemory):
+                            raise
                         c.failure = failure_outcome(c.cell, started, exc)
                 if n_score and not np.isfinite(base_rows.nll).all():
                     raise FloatingPointError("the baseline produced NaN or infinite logits")
@@ -151,8 +165,9 @@ def run_quality_group(
 
         finished = time.time()
         fallback = fallback or shared_check()
+        alive = 1 + sum(1 for c in compared if c.ctx is not None)
         return [
-            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base, fallback)
+            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base, fallback, alive)
             for c in compared
         ]
     finally:
@@ -184,7 +199,7 @@ def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
         parts.setdefault(name, []).append(np.asarray(values).copy())
 
 
-def _summarize(c: _Compared, n_chunk, started, finished, base, fallback) -> records.CellOutcome:
+def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_contexts) -> records.CellOutcome:
     cols = {k: np.concatenate(v) for k, v in c.parts.items()}
     nll, nll_base = cols["nll"], cols["nll_base"]
     ppl, ppl_base = float(np.exp(nll.mean())), float(np.exp(nll_base.mean()))
@@ -215,6 +230,6 @@ def _summarize(c: _Compared, n_chunk, started, finished, base, fallback) -> reco
             "kld_mean": float(cols["kld"].mean()),
             "same_top_p": float(cols["same_top"].mean()),
         },
-        facts={**columns, **probe.run_facts(ctx.model.path)},
+        facts={**columns, **probe.run_facts(ctx.model.path), "unit_contexts": unit_contexts},
         tokens=cols,
     )

@@ -28,7 +28,7 @@ from kvsweep.hashing import file_sha256
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
 from kvsweep.workers.kl_math import Reducer
-from kvsweep.workers.failures import RETRYING_FLAG, ExpectedFailure, failure_outcome  # noqa: F401
+from kvsweep.workers.failures import OOM_SPLIT, RETRYING_FLAG, ExpectedFailure, failure_outcome  # noqa: F401
 from kvsweep.workers.quality import run_quality_group
 from kvsweep.workers.speed import DepthStateCache, run_speed_cell
 
@@ -133,10 +133,28 @@ class UnitRunner:
     def _run_quality(self, unit: WorkUnit, corpora: dict[str, str]) -> Iterator[object]:
         cells = unit.cells
         started = time.time()
+        compared = sum(1 for c in cells if not (c.type_k == c.type_v == c.baseline))
         try:
             model = self.models.get(cells[0])
             tokens = self._corpus_tokens(model, cells[0], corpora)
             reducer = self._reducer(model.info.n_vocab)
+            if compared > 1:
+                # several compared contexts at once: an OOM means the unit is too big for this
+                # worker, not that any one cache is; the driver splits it (no retry in place)
+                try:
+                    group = run_quality_group(model, cells, tokens, self._threads(cells[0]), reducer,
+                                              split_on_oom=True)
+                    outcomes = yield from _relay_progress(unit.unit_id, group)
+                except llama_api.OutOfMemory as exc:
+                    for cell in cells:
+                        outcome = failure_outcome(cell, started, exc, retrying=True)
+                        outcome.flags.append(OOM_SPLIT)
+                        yield Finished(outcome)
+                    yield Returned([c.cell_id for c in cells], OOM_SPLIT)
+                    return
+                for outcome in outcomes:
+                    yield Finished(outcome)
+                return
             for attempt in self._oom_retrying():
                 with attempt:
                     try:

@@ -15,12 +15,14 @@ FROM plan_raw;
 
 -- The attempt that counts for each planned cell: an ok attempt if there is one (the latest),
 -- else the latest final attempt. Attempts the worker retried itself ('oom-retrying') never
--- count. Cells dropped from the matrix are not here (see attempts for them).
+-- count, nor do quality attempts whose per-token rows went to results/quarantine/ (table
+-- lost_tokens). Cells dropped from the matrix are not here (see attempts for them).
 CREATE OR REPLACE VIEW results AS
 SELECT a.*
 FROM attempts a
 WHERE a.cell_id IN (SELECT cell_id FROM plan)
   AND NOT list_contains(coalesce(a.flags, []), 'oom-retrying')
+  AND a.attempt_id NOT IN (SELECT attempt_id FROM lost_tokens)
 QUALIFY row_number() OVER (
     PARTITION BY a.cell_id
     ORDER BY (a.status = 'ok') DESC, a.finished_at DESC, a.attempt DESC) = 1;
