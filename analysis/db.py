@@ -125,14 +125,27 @@ def with_damage_retry(run_dir: str | Path, work, attempts: int = 8, **connect_ar
 
 
 def _register_reference_tables(con: duckdb.DuckDBPyConnection, budgets: tuple[KlBudget, ...]) -> None:
-    """Two small tables the report views join: storage cost per cache type, quality budgets."""
+    """Small tables the report views join: storage cost per cache type, quality budgets."""
+    catalogue = list(cache_types.CATALOGUE.values())
     types = pa.table({
-        "name": [t.name for t in cache_types.MAINLINE.values()],
-        "bits_per_value": [t.bits_per_value for t in cache_types.MAINLINE.values()],
+        "name": [t.name for t in catalogue],
+        "bits_per_value": [t.bits_per_value for t in catalogue],
+        "block_size": pa.array([t.block_size for t in catalogue], pa.int32()),
+        "origin": [t.origin for t in catalogue],
     })
     con.register("cache_types_table", types)
     con.execute("CREATE TABLE cache_types AS SELECT * FROM cache_types_table")
     con.unregister("cache_types_table")
+    # a fork's type kvsweep has no entry for: as its workers' builds described it (results
+    # written before kvsweep recorded bits_k / bits_v have neither column)
+    columns = {r[0] for r in con.execute("DESCRIBE attempts_raw").fetchall()}
+    if {"bits_k", "bits_v"} <= columns:
+        con.execute("""
+            INSERT INTO cache_types
+            SELECT name, any_value(bits), NULL, 'build' FROM (
+                SELECT type_k AS name, bits_k AS bits FROM attempts_raw WHERE bits_k IS NOT NULL
+                UNION ALL SELECT type_v, bits_v FROM attempts_raw WHERE bits_v IS NOT NULL)
+            WHERE name NOT IN (SELECT name FROM cache_types) GROUP BY name""")
     table = pa.table({
         "budget": pa.array([b.name for b in budgets], pa.string()),
         "max_kld": pa.array([b.max_kld for b in budgets], pa.float64()),

@@ -18,7 +18,7 @@ VIEWS = ("attempts", "plan", "results", "cell_status", "tokens", "quality", "spe
          "untrusted", "depth_status", "context_ceiling", "host_memory", "kl_vs_bits",
          "config_quality", "rec_candidates", "rec_questions", "recommend_fastest",
          "recommend_context")
-TABLES = ("cache_types", "kl_budgets")
+TABLES = ("cache_types", "kl_budgets", "lost_tokens")
 
 HELP = """statements end with ';' (a single line runs at once); a line ending in '\\' continues.
 .views          the views (docs/sql.md explains every column)

@@ -26,8 +26,9 @@ ERROR = "error"  # anything else; the message and traceback are kept
 INVALID = "invalid"  # ran, but the numbers cannot be trusted (NaN / inf logits)
 SKIPPED = "skipped"  # not attempted: a shallower depth already ran out of memory here
 PREDICTED_OOM = "predicted-oom"  # not attempted: the memory planner says it fits nowhere
-STATUSES = (OK, OOM, CRASH, TIMEOUT, ERROR, INVALID, SKIPPED, PREDICTED_OOM)
-FAILED = (CRASH, TIMEOUT, ERROR, INVALID)  # what `resume --failed` redoes
+UNSUPPORTED = "unsupported"  # not attempted: no worker's llama.cpp build runs its K/V pair
+STATUSES = (OK, OOM, CRASH, TIMEOUT, ERROR, INVALID, SKIPPED, PREDICTED_OOM, UNSUPPORTED)
+FAILED = (CRASH, TIMEOUT, ERROR, INVALID)  # what `resume --redo failed` (the default) redoes
 
 # Per-token columns of a quality attempt, in order.
 TOKEN_COLUMNS = ("chunk", "pos", "token", "nll", "nll_base", "kld", "dp", "same_top")
@@ -101,6 +102,7 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("kvsweep_version", pa.string()),
         ("llama_cpp_python_version", pa.string()),
         ("build_commit", pa.string()),
+        ("build_name", pa.string()),  # mainline, or the fork / build label (scripts/build_worker.py)
         ("ggml_version", pa.string()),
         ("backends", pa.string()),
         ("cpu_info", pa.string()),
@@ -127,6 +129,12 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("kv_devices", pa.string()),  # device(s) holding the KV cache, e.g. "CUDA0" or "CPU"
         ("worker_niceness", pa.int32()),  # the worker process's niceness when the cell ran
         ("unit_contexts", pa.int32()),  # llama.cpp contexts its quality unit kept alive at once
+        # the KV cache as llama.cpp reported making it, and whether that is what the cell asked
+        ("kv_type_k", pa.string()),  # K type of the KV cache's summary line ('' if not logged)
+        ("kv_type_v", pa.string()),
+        ("bits_k", pa.float64()),  # storage per value of type_k in this build (block size, bytes)
+        ("bits_v", pa.float64()),
+        ("config_check", pa.string()),  # '' when the context is the cell's; else what differs
         # quality summary (exact statistics come from the tokens table)
         ("n_chunks", pa.int32()),
         ("n_tokens", pa.int64()),

@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--host-class", default="", help="name of this kind of host (default: backend-device)")
     join.add_argument("--memory-limit", default="", help="memory kvsweep may assume, e.g. 20GiB (default: all)")
     join.add_argument("--skip-pair-check", action="store_true", help="do not check which K/V pairs run")
+    join.add_argument("--port-offset", type=int, default=0, metavar="N",
+                      help="add N to this node's fixed ports: for a second node on one host, e.g. one "
+                           "per llama.cpp build (docs/forks.md)")
 
     workers = command("workers", "list the fleet's workers (or this host without --address)", cmd_workers)
     workers.add_argument("--address", help="the head, HEAD_IP:6379")
@@ -345,7 +348,8 @@ def cmd_worker_join(args) -> int:
     from kvsweep.orchestrator import fleet_cli
 
     limit = fleet_cli.parse_size(args.memory_limit) if args.memory_limit else 0
-    return fleet_cli.join(args.address, args.ip, args.host_class, limit, not args.skip_pair_check)
+    return fleet_cli.join(args.address, args.ip, args.host_class, limit, not args.skip_pair_check,
+                          port_offset=args.port_offset)
 
 
 def cmd_workers(args) -> int:

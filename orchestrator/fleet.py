@@ -56,6 +56,11 @@ class WorkerSlot:
     memory_total: int
     memory_free: int
     provenance: dict = field(default_factory=dict)  # attempt columns from the host probe
+    # the K/V cache types and "k/v" pairs its llama.cpp build runs (workers/capabilities.py);
+    # None: not known (the fake runner of scheduler tests), then nothing is kept from it
+    kv_types: frozenset[str] | None = None
+    kv_pairs: frozenset[str] | None = None
+    build: str = ""  # "turboquant 69d8e4b": the build, as messages name it
     loaded_model: str = ""
     alive: bool = True
     busy: bool = False
@@ -72,6 +77,19 @@ class WorkerSlot:
             "device_memory_free": self.memory_free,
             **self.provenance,
         }
+
+    def runs(self, type_k: str, type_v: str) -> bool:
+        """Whether this worker's build runs the K/V pair (True when its build is not known)."""
+        return self.kv_pairs is None or f"{type_k}/{type_v}" in self.kv_pairs
+
+
+def learn_storage(capabilities: dict) -> None:
+    """Storage facts of a build's types kvsweep has no entry for (a fork's), for the planner."""
+    from kvsweep import cache_types
+
+    for name, facts in (capabilities.get("storage") or {}).items():
+        if cache_types.lookup(name) is None:
+            cache_types.learn(cache_types.from_build(name, facts["block_size"], facts["type_size"]))
 
 
 def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "") -> None:
@@ -151,7 +169,8 @@ def node_alive(node_id: str) -> bool:
 
 
 def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_threads: int = 0,
-                 retry=None, fault_plan=None, known: set[str] | None = None) -> list[WorkerSlot]:
+                 retry=None, fault_plan=None, known: set[str] | None = None,
+                 env: dict[str, str] | None = None) -> list[WorkerSlot]:
     """One DeviceWorker per advertised device on every worker node (skipping `known` ids)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -175,7 +194,7 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
                 max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
             ).remote(worker_id, index, runner, fake_cell_seconds, n_threads, retry, fault_plan,
-                     memory_limit, labels.get(LABEL_BACKEND, ""), count)
+                     memory_limit, labels.get(LABEL_BACKEND, ""), count, env)
             pending.append((actor, labels))
     slots = []
     refs = [actor.describe.remote() for actor, _ in pending]
@@ -204,6 +223,9 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
     limit = int(labels.get(LABEL_MEMORY, 0) or 0)
     if limit:
         memory_total, memory_free = limit, min(memory_free, limit)
+    caps = info.get("capabilities") or {}
+    pairs = caps.get("pairs")
+    learn_storage(caps)
     return WorkerSlot(
         worker_id=info["worker_id"],
         actor=actor,
@@ -218,10 +240,14 @@ def _slot(actor, labels: dict, info: dict) -> WorkerSlot:
             "kvsweep_version": probe.kvsweep_version,
             "llama_cpp_python_version": probe.llama_cpp_python_version,
             "build_commit": probe.build_commit,
+            "build_name": probe.build_name,
             "ggml_version": probe.ggml_version,
             "backends": probe.backends,
             "cpu_info": probe.cpu_info,
             "gpu_info": probe.gpu_info,
             "driver_version": probe.driver_version,
         },
+        kv_types=frozenset(caps["cache_types"]) if "cache_types" in caps else None,
+        kv_pairs=frozenset(p for p, e in pairs.items() if e.get("ok")) if pairs is not None else None,
+        build=f"{probe.build_name} {probe.build_commit}",
     )

@@ -73,25 +73,36 @@ def check_label(name: str, value: str) -> str:
     return value
 
 
-def _ray_env(ip: str = "") -> dict:
+def _ray_env(ip: str = "", joining: bool = False) -> dict:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray starts workers at niceness 15: timed loops would lose the CPU to anything else on
     # the host, and llama-bench (niceness 0) would not (see docs/fidelity.md)
     env["RAY_worker_niceness"] = "0"
-    if ip and ipaddress.ip_address(ip).is_loopback:
-        # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address
+    if ip and ipaddress.ip_address(ip).is_loopback and not joining:
+        # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address. Not for a node
+        # that joins: `ray start --address` refuses to with it set, and it names its address
+        # itself (--node-ip-address)
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
 
 
-def _port_args(head: bool) -> list[str]:
-    return [f"{flag}={port}" for flag, port in PORTS.items() if head or flag != "--port"]
+def _port_args(head: bool, offset: int = 0) -> list[str]:
+    return [f"{flag}={port + (offset if flag != '--port' else 0)}"
+            for flag, port in PORTS.items() if head or flag != "--port"]
+
+
+def ray_cli() -> list[str]:
+    """Ray's command line of this interpreter's environment. A worker host's `ray start` must
+    be its own environment's: Ray starts the node's worker processes with the Python that ran
+    it, and a fork's or another backend's build lives in its own environment
+    (scripts/build_worker.py), whose bin/ need not be on PATH."""
+    return [sys.executable, "-m", "ray.scripts.scripts"]
 
 
 def head_command(ip: str, with_worker: int = 0, labels: dict | None = None) -> list[str]:
-    cmd = ["ray", "start", "--head", f"--node-ip-address={ip}", "--include-dashboard=false",
+    cmd = [*ray_cli(), "start", "--head", f"--node-ip-address={ip}", "--include-dashboard=false",
            "--disable-usage-stats", f"--num-cpus={with_worker}", *_port_args(head=True)]
     if with_worker:
         cmd += [f"--resources={json.dumps({WORKER_RESOURCE: with_worker})}"]
@@ -100,16 +111,16 @@ def head_command(ip: str, with_worker: int = 0, labels: dict | None = None) -> l
     return cmd
 
 
-def join_command(address: str, ip: str, devices: int, labels: dict) -> list[str]:
-    return ["ray", "start", f"--address={address}", f"--node-ip-address={ip}",
+def join_command(address: str, ip: str, devices: int, labels: dict, port_offset: int = 0) -> list[str]:
+    return [*ray_cli(), "start", f"--address={address}", f"--node-ip-address={ip}",
             f"--num-cpus={devices}", f"--resources={json.dumps({WORKER_RESOURCE: devices})}",
             "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
-            "--disable-usage-stats", *_port_args(head=False)]
+            "--disable-usage-stats", *_port_args(head=False, offset=port_offset)]
 
 
 def ensure_token() -> str:
     """Ray's token (~/.ray/auth_token), generated on first use."""
-    out = subprocess.run(["ray", "get-auth-token", "--generate"], capture_output=True, text=True,
+    out = subprocess.run([*ray_cli(), "get-auth-token", "--generate"], capture_output=True, text=True,
                          env=_ray_env())
     if out.returncode != 0:
         raise FleetError(f"ray get-auth-token failed: {out.stderr.strip()}")
@@ -173,7 +184,7 @@ def start_head(ip: str | None, allow_public: bool, with_worker: bool, host_class
         return done.returncode
     address = f"{ip}:{PORTS['--port']}"
     if advert:
-        publish(address, advert)
+        publish(address, advert, ip)
     out(f"\nkvsweep head is up at {address} (token authentication on, no dashboard).")
     out("On each worker host (same kvsweep and llama-cpp-python build for its backend):")
     out(f"  1. copy the token: it is in ~/.ray/auth_token here ({len(token)} characters); put it in")
@@ -187,7 +198,7 @@ def start_head(ip: str | None, allow_public: bool, with_worker: bool, host_class
 
 
 def join(address: str, ip: str | None, host_class: str, memory_limit: int, check_pairs: bool,
-         run=subprocess.run, out=print) -> int:
+         run=subprocess.run, out=print, port_offset: int = 0) -> int:
     head_ip = address.rsplit(":", 1)[0]
     ip = ip or local_ip()
     advert = advertise(host_class, memory_limit, check_pairs)
@@ -197,17 +208,22 @@ def join(address: str, ip: str | None, host_class: str, memory_limit: int, check
         out(f"cache pairs with flash attention on {advert.backend}: {summary(advert.capabilities)}")
     if is_public(head_ip):
         out(f"WARNING: the head {head_ip} is a public address; see docs/fleet.md")
-    done = run(join_command(address, ip, advert.devices, advert.labels()), env=_ray_env(ip))
+    done = run(join_command(address, ip, advert.devices, advert.labels(), port_offset),
+               env=_ray_env(ip, joining=True))
     if done.returncode != 0:
         return done.returncode
-    publish(address, advert)
+    publish(address, advert, ip, port_offset)
+    probe = advert.probe
     out(f"joined {address} as host class '{advert.host_class}' ({advert.backend}, "
-        f"{advert.devices} device(s), {advert.memory / 2**30:.1f} GiB)")
+        f"{advert.devices} device(s), {advert.memory / 2**30:.1f} GiB, llama.cpp build "
+        f"{probe.get('build_name', 'mainline')} {probe.get('build_commit', '?')})")
     return 0
 
 
-def publish(address: str, advert: HostAdvert) -> None:
-    """Put this host's probe into Ray's key-value store, for `kvsweep workers`."""
+def publish(address: str, advert: HostAdvert, ip: str = "", port_offset: int = 0) -> None:
+    """Put this host's probe into Ray's key-value store, for `kvsweep workers`: under the node
+    this host just started (its address and node-manager port; several nodes may share a host,
+    one per llama.cpp build), else under the node this process attached to."""
     from kvsweep.orchestrator.fleet import connect
 
     connect(address)
@@ -215,7 +231,10 @@ def publish(address: str, advert: HostAdvert) -> None:
     from ray.experimental import internal_kv
 
     try:
-        node_id = ray.get_runtime_context().get_node_id()
+        port = PORTS["--node-manager-port"] + port_offset
+        ours = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("NodeManagerAddress") == ip
+                and n.get("NodeManagerPort") == port]
+        node_id = ours[0] if ours else ray.get_runtime_context().get_node_id()
         payload = {"probe": advert.probe, "capabilities": advert.capabilities,
                    "host_class": advert.host_class}
         internal_kv._internal_kv_put(KV_PREFIX + node_id, json.dumps(payload), overwrite=True)
@@ -236,6 +255,19 @@ class NodeRow:
     device_name: str
     build: str
     pairs: str
+    cache_types: frozenset[str] | None = None  # what its build runs as K/V caches (None: not checked)
+    kv_pairs: frozenset[str] | None = None
+
+
+def _types_and_pairs(capabilities: dict) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    if not capabilities or "pairs" not in capabilities:
+        return None, None
+    from kvsweep.orchestrator.fleet import learn_storage
+    from kvsweep.workers.capabilities import supported_pairs
+
+    learn_storage(capabilities)
+    types = capabilities.get("cache_types")
+    return (frozenset(types) if types is not None else None), frozenset(supported_pairs(capabilities))
 
 
 def list_workers(address: str | None) -> list[NodeRow]:
@@ -270,8 +302,9 @@ def list_workers(address: str | None) -> list[NodeRow]:
                 busy=int(total - _available(node["NodeID"])),
                 memory=int(labels.get(LABEL_MEMORY, 0) or 0),
                 device_name=(gpus[0]["description"] if gpus else probe.get("cpu_info", "?")),
-                build=probe.get("build_commit", "?"),
+                build=f"{probe.get('build_name', 'mainline')} {probe.get('build_commit', '?')}",
                 pairs=summary(info["capabilities"]) if info.get("capabilities") else "not checked",
+                **dict(zip(("cache_types", "kv_pairs"), _types_and_pairs(info.get("capabilities", {})))),
             ))
         return rows
     finally:
@@ -297,7 +330,9 @@ def _local_row() -> NodeRow:
                    host_class=advert.host_class, backend=advert.backend, devices=advert.devices,
                    busy=0, memory=advert.memory,
                    device_name=gpus[0]["description"] if gpus else probe["cpu_info"],
-                   build=probe["build_commit"], pairs=summary(advert.capabilities))
+                   build=f"{probe.get('build_name', 'mainline')} {probe['build_commit']}",
+                   pairs=summary(advert.capabilities),
+                   **dict(zip(("cache_types", "kv_pairs"), _types_and_pairs(advert.capabilities))))
 
 
 def print_workers(rows: list[NodeRow], out=print) -> None:

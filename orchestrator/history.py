@@ -7,6 +7,9 @@ it ended, and the redo mode says whether to run it again:
     missing  cells with no final attempt (never ran, or the driver died mid-way)
     failed   also crash, timeout, error, invalid                      (the default)
     oom      also oom, skipped after oom, predicted-oom
+
+Cells recorded `unsupported` (no worker's build ran their K/V pair) are looked at again in every
+mode: they run once the fleet has a build for them, and are not recorded again otherwise.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from kvsweep.workers.runner import RETRYING_FLAG
 
 REDO_MODES = ("missing", "failed", "oom")
 _REDO_STATUSES = {
-    "missing": set(),
-    "failed": set(records.FAILED),
-    "oom": set(records.FAILED) | {records.OOM, records.SKIPPED, records.PREDICTED_OOM},
+    "missing": {records.UNSUPPORTED},
+    "failed": set(records.FAILED) | {records.UNSUPPORTED},
+    "oom": set(records.FAILED) | {records.OOM, records.SKIPPED, records.PREDICTED_OOM, records.UNSUPPORTED},
 }
 
 

@@ -122,6 +122,7 @@ class _Reader:
     def __init__(self, path: Path, problems: list[str]):
         self.path = path
         self.problems = problems
+        self.type_keys: dict[str, str] = {}  # cache type name -> the key that first named it
 
     def problem(self, key: str, message: str, fix: str = "") -> None:
         text = f"{self.path}: [{key}] {message}"
@@ -186,11 +187,19 @@ class _Reader:
         return tuple(dict.fromkeys(items))
 
     def cache_type(self, value, key: str, allowed=None) -> str | None:
-        allowed = allowed or tuple(cache_types.MAINLINE)
-        if value not in allowed:
-            what = "not allowed here" if value in cache_types.MAINLINE else "unknown cache type"
-            self.problem(key, f"{what}: {value!r}", f"valid: {', '.join(allowed)}")
+        """A cache type's name. Which names exist depends on the builds of the fleet's hosts
+        (a fork adds its own): check_cache_types() holds them against the fleet; here only
+        what no build can have is refused."""
+        if allowed is not None:
+            if value not in allowed:
+                self.problem(key, f"not allowed here: {value!r}", f"valid: {', '.join(allowed)}")
+                return None
+            return value
+        if not isinstance(value, str) or not cache_types.NAME.match(value):
+            self.problem(key, f"not a cache type name: {value!r}",
+                         f"e.g. {', '.join(cache_types.MAINLINE_TYPES[:4])} (lower case, as llama.cpp's -ctk/-ctv take them)")
             return None
+        self.type_keys.setdefault(value, key)
         return value
 
     def type_list(self, value, key: str) -> list[str]:
@@ -219,8 +228,19 @@ _TOP = {
 }
 
 
-def load_matrix(path: str | Path) -> Matrix:
-    """Parse and validate a matrix file; raises MatrixError listing every problem."""
+@dataclass(frozen=True)
+class BuildTypes:
+    """The K/V cache types one build of the fleet runs, and where (for messages)."""
+
+    where: str  # e.g. "cpu-xeon (mainline 0c1e570)"
+    types: frozenset[str]
+
+
+def load_matrix(path: str | Path, builds: list[BuildTypes] | None = None) -> Matrix:
+    """Parse and validate a matrix file; raises MatrixError listing every problem.
+
+    `builds`: the cache types of the fleet's builds; when given, every type the matrix names
+    must be in one of them (without it, names are checked when the fleet is known)."""
     path = Path(path)
     problems: list[str] = []
     if not path.exists():
@@ -242,6 +262,9 @@ def load_matrix(path: str | Path) -> Matrix:
     runtime = _runtime(r, top["runtime"])
     models = _models(r, top["models"], path.resolve().parent)
     configs = _configs(r, top["cache"], runtime)
+    if builds:
+        for name, message, fix in type_problems(configs, builds):
+            r.problem(r.type_keys.get(name, "cache"), message, fix)
     quality = _quality(r, top["quality"], path.resolve().parent) if top["quality"] is not None else None
     speed = _speed(r, top["speed"]) if top["speed"] is not None else None
     if top["quality"] is None and top["speed"] is None:
@@ -270,6 +293,23 @@ def load_matrix(path: str | Path) -> Matrix:
         placement=placement,
         faults=tuple(faults),
     )
+
+
+def type_problems(configs, builds: list[BuildTypes]) -> list[tuple[str, str, str]]:
+    """(type, message, fix) for each cache type of `configs` that no build of the fleet has."""
+    have = set().union(*(b.types for b in builds))
+    missing = list(dict.fromkeys(t for k, v in configs for t in (k, v) if t not in have))
+    fleet = "; ".join(f"{b.where}: {', '.join(sorted(b.types))}" for b in builds)
+    out = []
+    for name in missing:
+        known = cache_types.lookup(name)
+        if known is not None and known.origin != cache_types.MAINLINE:
+            fix = (f"{name} comes from the {known.origin} fork of llama.cpp: build a worker on it with "
+                   "scripts/build_worker.py and join it to the fleet (docs/forks.md)")
+        else:
+            fix = "check the spelling, or join a host whose llama.cpp build has it (docs/forks.md)"
+        out.append((name, f"no build in the fleet has the cache type {name!r} (the fleet's builds: {fleet})", fix))
+    return out
 
 
 def _as_table(r: _Reader, value, key: str) -> dict:
@@ -377,7 +417,7 @@ def _configs(r: _Reader, value, runtime: RuntimeSpec) -> list[tuple[str, str]]:
     configs = list(dict.fromkeys(configs))  # the same pair from two forms is swept once
     if runtime.flash_attn == "off":
         for k, v in configs:
-            if cache_types.MAINLINE[v].quantized:
+            if cache_types.is_quantized(v):
                 r.problem("runtime.flash_attn", f"V cache {v} is quantized, and llama.cpp needs flash "
                           "attention for a quantized V cache", 'set flash_attn = "on", or drop that V type')
                 break

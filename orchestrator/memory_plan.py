@@ -4,10 +4,10 @@
 
 - weights: the tensors' bytes as stored in the file (what llama.cpp loads onto the device;
   on a GPU the token embeddings stay in host memory, as llama.cpp keeps the input layer there).
-- KV cache (exact): llama.cpp pads the context to 256 cells; each layer that has a KV cache
-  stores n_head_kv * head_dim values per cell for K and for V at the cache type's size
-  (block types: 32 values per block). Hybrid models (Qwen3.5/3.6 `qwen35`/`qwen35moe`, Qwen3
-  Next) keep a KV cache only in their full-attention layers, every full_attention_interval-th.
+- KV cache (exact, kvsweep/model_shape.py): llama.cpp pads the context to 256 cells; each
+  layer that has a KV cache stores n_head_kv * head_dim values per cell for K and for V at the
+  cache type's size (kvsweep/cache_types.py; TurboQuant pads heads to 128 values). Hybrid
+  models keep a KV cache only in their full-attention layers.
 - recurrent state (exact): the other layers of a hybrid keep a constant-size f32 state per
   sequence: a convolution window (d_conv - 1) x conv_dim and an SSM state d_state^2 x heads.
 - output buffer: logits rows the context may return (1 for speed tests; one decode piece for
@@ -25,97 +25,12 @@ a quality cell alone is the least of that, its context and the baseline's; a spe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from kvsweep import cache_types
 from kvsweep.cells import QUALITY, Cell
+from kvsweep.model_shape import KV_PAD, ModelShape, kv_bytes, padded, read_shape  # noqa: F401 (re-exported)
 
-KV_PAD = 256  # llama.cpp pads the KV cache to a multiple of 256 cells
 HEADROOM = 0.05  # a host is full at 95% of its memory: drivers and fragmentation take the rest
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    head_k: int
-    head_v: int
-    n_ff: int
-    n_vocab: int
-    kv_layers: int  # layers that keep a KV cache
-    recurrent_bytes: int  # constant recurrent state per sequence (hybrid models)
-    weights_bytes: int
-    input_bytes: int  # token embeddings (stay in host memory on GPU backends)
-    q_gate: bool = False  # qwen35's query projection also produces a gate (2x width)
-    n_ctx_train: int = 0  # {arch}.context_length: the context the model was trained for
-
-
-@lru_cache(maxsize=64)
-def read_shape(path: str) -> ModelShape:
-    """The parts of a GGUF's metadata that decide its memory use."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-
-    def get(key: str, default=None):
-        f = reader.get_field(key)
-        return f.contents() if f is not None else default
-
-    arch = get("general.architecture")
-    a = lambda key, default=None: get(f"{arch}.{key}", default)  # noqa: E731
-    n_layer, n_embd = int(a("block_count")), int(a("embedding_length"))
-    n_head = _scalar(a("attention.head_count"))
-    n_head_kv = _scalar(a("attention.head_count_kv", n_head))
-    head_k = int(a("attention.key_length", n_embd // n_head))
-    head_v = int(a("attention.value_length", n_embd // n_head))
-    n_ff = _scalar(a("feed_forward_length", 4 * n_embd))
-    tokens = get("tokenizer.ggml.tokens", [])
-    weights = sum(int(t.n_bytes) for t in reader.tensors)
-    inputs = sum(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
-
-    kv_layers, recurrent = n_layer, 0
-    interval = a("full_attention_interval")
-    if interval is not None or a("ssm.state_size") is not None:
-        interval = int(interval or 4)
-        kv_layers = sum(1 for i in range(n_layer) if (i + 1) % interval == 0)
-        d_conv, d_state = int(a("ssm.conv_kernel", 4)), int(a("ssm.state_size", 0))
-        groups, v_heads = int(a("ssm.group_count", 1)), int(a("ssm.time_step_rank", 1))
-        conv_dim = 2 * d_state * groups + d_state * v_heads
-        per_layer = 4 * ((d_conv - 1) * conv_dim + d_state * d_state * v_heads)
-        recurrent = (n_layer - kv_layers) * per_layer
-    return ModelShape(
-        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-        head_k=head_k, head_v=head_v, n_ff=n_ff, n_vocab=len(tokens), kv_layers=kv_layers,
-        recurrent_bytes=recurrent, weights_bytes=weights, input_bytes=inputs,
-        q_gate=arch in ("qwen35", "qwen35moe", "qwen3next"),
-        n_ctx_train=int(a("context_length", 0) or 0),
-    )
-
-
-def _scalar(value) -> int:
-    """Per-layer arrays (e.g. head_count_kv) become their maximum."""
-    if isinstance(value, list):
-        return int(max(value))
-    return int(value)
-
-
-def padded(n_ctx: int) -> int:
-    return -(-n_ctx // KV_PAD) * KV_PAD
-
-
-def row_bytes(type_name: str, n_values: int) -> int:
-    return int(n_values * cache_types.MAINLINE[type_name].bits_per_value / 8)
-
-
-def kv_bytes(shape: ModelShape, type_k: str, type_v: str, n_ctx: int) -> int:
-    cells = padded(n_ctx)
-    k = row_bytes(type_k, shape.n_head_kv * shape.head_k) * cells
-    v = row_bytes(type_v, shape.n_head_kv * shape.head_v) * cells
-    return shape.kv_layers * (k + v)
 
 
 def compute_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool,
@@ -210,11 +125,30 @@ def fits(prediction: Prediction, memory_total: int, backend: str = "CPU") -> boo
     return prediction.on_device(backend) <= memory_total * (1 - HEADROOM)
 
 
-def eligible(cell: Cell, slot) -> bool:
-    """May this worker run this cell at all (host class for speed, backend for quality)?"""
+def placeable(cell: Cell, slot) -> bool:
+    """Is this worker of the cell's kind of host (host class for speed, backend for quality)?"""
     if cell.host_class and cell.host_class != slot.host_class:
         return False
     return not cell.quality_backend or cell.quality_backend == slot.backend
+
+
+def builds_run(cell: Cell, slot) -> bool:
+    """Does this worker's llama.cpp build run the cell's K/V pair (and its baseline's)? Workers
+    whose build is not known (no `runs`, or the fake runner's) are taken to run everything."""
+    runs = getattr(slot, "runs", None)
+    if runs is None:
+        return True
+    return runs(cell.type_k, cell.type_v) and (not cell.baseline or runs(cell.baseline, cell.baseline))
+
+
+def eligible(cell: Cell, slot) -> bool:
+    """May this worker run this cell at all (its kind of host, and a build that runs it)?"""
+    return placeable(cell, slot) and builds_run(cell, slot)
+
+
+def unsupported(cells: list[Cell], slots) -> list[Cell]:
+    """Cells the fleet has hosts of their kind for, but none whose build runs their K/V pair."""
+    return [c for c in cells if any(placeable(c, s) for s in slots) and not any(eligible(c, s) for s in slots)]
 
 
 def shape_if_readable(path: str) -> ModelShape | None:

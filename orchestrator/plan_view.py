@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from kvsweep.cache_types import config_label
 from kvsweep.cells import QUALITY
-from kvsweep.orchestrator.memory_plan import eligible, fits
+from kvsweep.orchestrator.memory_plan import eligible, fits, unsupported
 from kvsweep.orchestrator.plan import make_units, summarize
 from kvsweep.paths import fmt_bytes
 
@@ -29,6 +29,7 @@ def print_plan(plan, address, out=print) -> None:
         + "/".join(sorted({fmt_bytes(x.memory_total) for x in s})) + ")"
         for c, s in sorted(by_class.items()))
     out(f"host classes:   {classes or '(none)'}" + ("" if address else " (this host; --address to plan for a fleet)"))
+    _print_types(matrix, cells, view, out)
     units = make_units(cells, matrix.quality.max_contexts if matrix.quality else 4)
     out(f"{len(cells)} cells in {len(units)} work units:")
     width = max((len(m) for m, _, _ in summarize(cells)), default=5)
@@ -43,6 +44,22 @@ def print_plan(plan, address, out=print) -> None:
         out(f"\ncannot run as it is: {len(problems)} problem(s):")
         for problem in problems:
             out(f"  - {problem}")
+
+
+def _print_types(matrix, cells, view, out) -> None:
+    """Per cache type, the host classes (and builds) that run it; cells no build runs."""
+    names = list(dict.fromkeys(t for k, v in matrix.configs for t in (k, v)))
+    out("cache types, and where a build runs them:")
+    width = max(len(n) for n in names)
+    for name in names:
+        where = sorted({f"{s.host_class} ({s.build})" for s in view.slots
+                        if s.kv_types is None or name in s.kv_types})
+        out(f"  {name:<{width}}  {', '.join(where) or 'no host of the fleet'}")
+    nowhere = unsupported(cells, view.slots)
+    if nowhere:
+        pairs = sorted({config_label(c.type_k, c.type_v) for c in nowhere})
+        out(f"  {len(nowhere)} cell(s) need a pair no build runs ({', '.join(pairs)}): recorded as "
+            "unsupported when the sweep runs")
 
 
 def _print_memory(cells, view, preds, out) -> None:

@@ -32,8 +32,8 @@ from loguru import logger
 from kvsweep import records
 from kvsweep.cells import QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
-from kvsweep.orchestrator.memory_plan import eligible, fits, pack_quality
-from kvsweep.orchestrator.plan import make_units, speed_series_key
+from kvsweep.orchestrator.memory_plan import builds_run, eligible, fits, pack_quality, placeable
+from kvsweep.orchestrator.plan import make_units
 from kvsweep.orchestrator.sink import ResultSink
 from kvsweep.workers.runner import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned
 from kvsweep.workers.worker_log import reason_line
@@ -165,7 +165,7 @@ class Scheduler:
         if unit is None:
             return None
         self.queue.remove(unit)
-        return self._split_by_memory(slot, unit)
+        return self._split_by_memory(slot, self._split_by_support(slot, unit))
 
     def _split_by_memory(self, slot: WorkerSlot, unit: WorkUnit) -> WorkUnit | None:
         """Keep the cells predicted to fit this worker; the others wait for a bigger one."""
@@ -197,7 +197,42 @@ class Scheduler:
             return False
         if slot.node_id in unit.exclude_nodes:
             return False
-        return slot.memory_total >= unit.min_free_memory
+        if slot.memory_total < unit.min_free_memory:
+            return False
+        return any(builds_run(c, slot) for c in unit.cells)
+
+    def _split_by_support(self, slot: WorkerSlot, unit: WorkUnit) -> WorkUnit:
+        """Keep the cells this worker's build runs; the others go back for another worker."""
+        other = [c for c in unit.cells if not builds_run(c, slot)]
+        if other:
+            for rest in make_units(other, self.policy.max_contexts):
+                rest.min_free_memory, rest.exclude_nodes = unit.min_free_memory, unit.exclude_nodes
+                self.queue.append(rest)
+            unit.cells = [c for c in unit.cells if c not in other]
+        return unit
+
+    def record_unsupported(self, cells: list[Cell]) -> None:
+        """Cells no worker's build runs: recorded, not tried (docs/forks.md)."""
+        for cell in cells:
+            builds = sorted({f"{s.host_class} ({s.build}): {', '.join(sorted(s.kv_types or ()))}"
+                             for s in self.slots if placeable(cell, s)})
+            what = f"K={cell.type_k} V={cell.type_v}" + (f" with a {cell.baseline} baseline" if cell.baseline else "")
+            self._record_synthetic(
+                cell, records.UNSUPPORTED, "NoBuildRunsThisPair",
+                f"no worker's llama.cpp build runs {what}; the builds that could take it: "
+                + "; ".join(builds) + ". Join a host whose build has it (docs/forks.md); "
+                "`kvsweep resume` runs it then")
+        self.forget(cells)
+
+    def forget(self, cells: list[Cell]) -> None:
+        """Cells recorded without running: out of the plan of this session."""
+        gone = {c.cell_id for c in cells}
+        for cid in gone:
+            self.cells.pop(cid, None)
+        for unit in list(self.queue):
+            unit.cells = [c for c in unit.cells if c.cell_id not in gone]
+            if not unit.cells:
+                self.queue.remove(unit)
 
     def record_predicted_oom(self, cells: list[Cell]) -> None:
         """Cells the planner says fit on no eligible worker: recorded, not tried."""
@@ -209,12 +244,7 @@ class Scheduler:
                 f"predicted {pred.total / 2**30:.2f} GiB (weights {pred.weights / 2**30:.2f}, KV "
                 f"{pred.kv / 2**30:.2f}, compute {pred.compute / 2**30:.2f}); the largest eligible "
                 f"host has {biggest / 2**30:.2f} GiB (placement.try_predicted_oom tries anyway)")
-            self.cells.pop(cell.cell_id, None)
-        gone = {c.cell_id for c in cells}
-        for unit in list(self.queue):
-            unit.cells = [c for c in unit.cells if c.cell_id not in gone]
-            if not unit.cells:
-                self.queue.remove(unit)
+        self.forget(cells)
 
     def _strand_queue(self) -> None:
         """Units no live worker may run (host class absent, every bigger host tried)."""
@@ -283,7 +313,7 @@ class Scheduler:
             s for s in self.slots
             if s.alive and s.node_id not in tried and s.memory_total > flight.slot.memory_total
             and (not cell.host_class or s.host_class == cell.host_class)
-            and (not cell.quality_backend or s.backend == cell.quality_backend)
+            and (not cell.quality_backend or s.backend == cell.quality_backend) and builds_run(cell, s)
         ]
         if self.policy.replace_on_oom and bigger:
             flight.oom_replace.append(cell)

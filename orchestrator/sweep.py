@@ -15,12 +15,13 @@ from pathlib import Path
 
 from loguru import logger
 
+from kvsweep import records
 from kvsweep.cells import Cell
 from kvsweep.orchestrator import fleet as fleet_mod
 from kvsweep.orchestrator import memory_plan
 from kvsweep.orchestrator.history import cells_to_run, read_history
 from kvsweep.orchestrator.inputs import resolve_inputs
-from kvsweep.orchestrator.matrix import Matrix, load_matrix
+from kvsweep.orchestrator.matrix import BuildTypes, Matrix, MatrixError, load_matrix, type_problems
 from kvsweep.orchestrator.plan import expand, make_units
 from kvsweep.orchestrator.progress import ProgressView
 from kvsweep.orchestrator.run_dir import RunDir, new_session_id
@@ -70,7 +71,11 @@ class RunOptions:
 def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
               matrix: Matrix | None = None) -> SweepResult:
     opts = opts or RunOptions()
-    matrix = matrix or load_matrix(matrix_path)
+    if matrix is None:
+        # an embedded cluster is this host: its build's cache types are known before Ray starts,
+        # so they are checked with every other problem of the file at once
+        embedded = opts.address is None and opts.runner == "llama"
+        matrix = load_matrix(matrix_path, local_builds() if embedded else None)
     inputs = resolve_inputs(matrix)
     if inputs.problems:
         raise InputProblems(inputs.problems)
@@ -93,7 +98,7 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
         retry = RetryPolicy(matrix.retry.oom_retries, matrix.retry.oom_backoff_s)
         slot_args = dict(runner=opts.runner, fake_cell_seconds=opts.fake_cell_seconds,
                          n_threads=matrix.runtime.n_threads, retry=retry,
-                         fault_plan=list(matrix.faults))
+                         fault_plan=list(matrix.faults), env=dict(matrix.runtime.env))
         slots = fleet_mod.create_slots(**slot_args)
         if not slots:
             raise SweepError("no kvsweep workers in the Ray cluster: start some with "
@@ -127,6 +132,15 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 attempts_so_far={k: h.attempts for k, h in history.items()},
                 on_event=progress.on_event, refresh_fleet=refresh, predicted=predicted,
             )
+            nowhere = memory_plan.unsupported(todo, slots)
+            if nowhere:
+                again = [c for c in nowhere if history.get(c.cell_id) is not None
+                         and history[c.cell_id].last_status == records.UNSUPPORTED]
+                fresh = [c for c in nowhere if c not in again]
+                logger.info(f"{len(nowhere)} cell(s) need a K/V pair no worker's build runs: "
+                            f"{len(fresh)} recorded as unsupported, {len(again)} were already")
+                scheduler.record_unsupported(fresh)
+                scheduler.forget(again)
             if not matrix.placement.try_predicted_oom:
                 too_big = memory_plan.fits_nowhere(todo, predicted, slots)
                 if too_big:
@@ -163,6 +177,25 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
             fleet_mod.shutdown()
 
 
+def local_builds() -> list[BuildTypes]:
+    """This host's build and the K/V cache types it runs (the capability check, cached)."""
+    from kvsweep.workers.capabilities import host_capabilities
+    from kvsweep.workers.probe import probe_host
+
+    probe, caps = probe_host(), host_capabilities()
+    return [BuildTypes(f"this host ({probe.build_name} {probe.build_commit})",
+                       frozenset(caps.get("cache_types", ())))]
+
+
+def builds_of(slots) -> list[BuildTypes]:
+    """The fleet's builds and their cache types, from its workers (unknown ones left out)."""
+    seen: dict[tuple[str, str], frozenset[str]] = {}
+    for s in slots:
+        if getattr(s, "kv_types", None) is not None:
+            seen.setdefault((s.host_class, s.build), s.kv_types)
+    return [BuildTypes(f"{host_class} ({build})", types) for (host_class, build), types in seen.items()]
+
+
 def _model_loads(slots) -> dict[str, int]:
     """How often each worker loaded a model this session (grouping by model keeps it low)."""
     import ray
@@ -193,18 +226,31 @@ class FleetView:
 
     host_classes: list[str]
     backends: list[str]
-    slots: list  # objects with host_class, backend, memory_total (for the memory planner)
+    slots: list  # _ViewSlot: host class, backend, memory, build and what it runs
 
 
 def fleet_view(address: str | None) -> FleetView:
-    from types import SimpleNamespace
-
     from kvsweep.orchestrator.fleet_cli import list_workers
 
     rows = list_workers(address)
-    slots = [SimpleNamespace(host_class=r.host_class, backend=r.backend, memory_total=r.memory)
+    slots = [_ViewSlot(r.host_class, r.backend, r.memory, f"{r.build}", r.cache_types, r.kv_pairs)
              for r in rows for _ in range(r.devices)]
     return FleetView(sorted({r.host_class for r in rows}), sorted({r.backend for r in rows}), slots)
+
+
+@dataclass
+class _ViewSlot:
+    """A worker as a dry run knows it (no actor): what the planner and placement look at."""
+
+    host_class: str
+    backend: str
+    memory_total: int
+    build: str
+    kv_types: frozenset[str] | None
+    kv_pairs: frozenset[str] | None
+
+    def runs(self, type_k: str, type_v: str) -> bool:
+        return self.kv_pairs is None or f"{type_k}/{type_v}" in self.kv_pairs
 
 
 @dataclass
@@ -220,9 +266,9 @@ class DryRun:
 
 
 def dry_run(matrix_path: str | Path, address: str | None = None) -> DryRun:
-    matrix = load_matrix(matrix_path)
-    inputs = resolve_inputs(matrix)
     view = fleet_view(address)
+    matrix = load_matrix(matrix_path, builds_of(view.slots) or None)
+    inputs = resolve_inputs(matrix)
     cells = expand(matrix, inputs, view.host_classes, view.backends)
     return DryRun(matrix, cells, view, memory_plan.predictions(cells), inputs.problems, inputs.warnings)
 

@@ -33,7 +33,9 @@ def test_head_refuses_a_public_address_unless_asked():
 
 def test_commands_carry_the_fleet_settings():
     head = fleet_cli.head_command("10.0.0.5", with_worker=0)
-    assert head[:3] == ["ray", "start", "--head"] and "--node-ip-address=10.0.0.5" in head
+    assert head[:3] == fleet_cli.ray_cli() and head[3:5] == ["start", "--head"]
+    assert head[0] == sys.executable, "the environment's own Ray starts the node"
+    assert "--node-ip-address=10.0.0.5" in head
     assert "--include-dashboard=false" in head and "--port=6379" in head and "--num-cpus=0" in head
     labels = {LABEL_HOST_CLASS: "cuda-h100", LABEL_BACKEND: "CUDA", LABEL_MEMORY: str(80 * 2**30)}
     join = fleet_cli.join_command("10.0.0.5:6379", "10.0.0.9", 2, labels)
@@ -42,23 +44,26 @@ def test_commands_carry_the_fleet_settings():
     assert f"--labels={LABEL_HOST_CLASS}=cuda-h100,{LABEL_BACKEND}=CUDA,{LABEL_MEMORY}={80 * 2**30}" in join
     assert "--port=6379" not in join and "--node-manager-port=6380" in join
     assert "--min-worker-port=10002" in join and "--max-worker-port=10100" in join
+    second = fleet_cli.join_command("10.0.0.5:6379", "10.0.0.9", 1, labels, port_offset=100)
+    assert "--node-manager-port=6480" in second and "--min-worker-port=10102" in second
 
 
 def test_join_runs_ray_start_with_the_probe(monkeypatch):
     advert = fleet_cli.HostAdvert("metal-m5-max", "Metal", 1, 128 * 2**30, {"host": "mac"}, {})
     monkeypatch.setattr(fleet_cli, "advertise", lambda *a, **k: advert)
     published = []
-    monkeypatch.setattr(fleet_cli, "publish", lambda address, adv: published.append((address, adv)))
+    monkeypatch.setattr(fleet_cli, "publish", lambda address, adv, ip, offset: published.append((address, adv, ip, offset)))
     calls = []
     code = fleet_cli.join("10.0.0.5:6379", "10.0.0.9", "", 0, False,
                           run=lambda cmd, env: calls.append((cmd, env)) or SimpleNamespace(returncode=0),
                           out=lambda *a: None)
     assert code == 0
     (cmd, env), = calls
+    assert cmd[0] == sys.executable
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["RAY_worker_niceness"] == "0"  # timed cells must not run niced
     assert f"--labels={LABEL_HOST_CLASS}=metal-m5-max,{LABEL_BACKEND}=Metal,{LABEL_MEMORY}={128 * 2**30}" in cmd
-    assert published == [("10.0.0.5:6379", advert)]
+    assert published == [("10.0.0.5:6379", advert, "10.0.0.9", 0)]
 
 
 def test_labels_and_sizes_are_checked():
@@ -76,7 +81,9 @@ def test_capability_report_helpers():
     assert graph_splits(lines) == 3 and graph_splits(["nothing"]) is None
     report = {"pairs": {"f16/f16": {"ok": True}, "q8_0/q4_0": {"ok": True, "fallback": True},
                         "q4_1/f32": {"ok": False, "error": "x"}}}
-    assert summary(report) == "2/3 ok; fail: q4_1/f32; CPU fallback: q8_0/q4_0"
+    assert summary(report) == "2/3 pairs ok; fail: q4_1/f32; CPU fallback: q8_0/q4_0"
+    report["cache_types"] = ["f16", "q8_0", "q4_0"]
+    assert summary(report).startswith("3 types, 2/3 pairs ok")
 
 
 def test_this_host_checks_every_pair():
@@ -103,7 +110,7 @@ def test_a_real_head_lists_its_worker_and_runs_a_sweep(tmp_path):
         assert "kvsweep worker join --address 127.0.0.1:6379" in head.stdout
         listed = kvsweep("workers", "--address", "127.0.0.1:6379")
         assert listed.returncode == 0, listed.stderr
-        assert "test-box" in listed.stdout and "81/81 ok" in listed.stdout
+        assert "test-box" in listed.stdout and "9 types, 81/81 pairs ok" in listed.stdout
         matrix = tmp_path / "m.toml"
         matrix.write_text((ROOT / "matrices" / "demo.toml").read_text()
                           .replace('corpus = "corpora/demo.txt"', f'corpus = "{ROOT}/matrices/corpora/demo.txt"')

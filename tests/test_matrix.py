@@ -6,7 +6,8 @@ import pytest
 
 from conftest import DEMO_CORPUS, ROOT, write_matrix
 from kvsweep.orchestrator.inputs import resolve_inputs
-from kvsweep.orchestrator.matrix import MatrixError, load_matrix
+from kvsweep.cache_types import MAINLINE_TYPES
+from kvsweep.orchestrator.matrix import BuildTypes, MatrixError, load_matrix
 
 GOOD = """
     [[models]]
@@ -36,10 +37,32 @@ def test_shipped_matrices_load():
     assert seeds.speed.depths[-1] == 524288
 
 
-def test_unknown_cache_type_lists_valid_ones(tmp_path):
-    (p,) = problems_of(tmp_path, GOOD.replace('"q8_0"]', '"q3_0"]'))
-    assert "[cache.symmetric]" in p and "q3_0" in p
-    assert "q8_0" in p and "iq4_nl" in p, "the valid types are listed"
+MAINLINE_BUILD = BuildTypes("cpu-box (mainline abc1234)", frozenset(MAINLINE_TYPES))
+
+
+def test_a_cache_type_no_build_has_names_the_builds(tmp_path):
+    path = write_matrix(tmp_path / "m.toml", GOOD.replace('"q8_0"]', '"q3_0"]'))
+    load_matrix(path)  # a name like any other, until the fleet's builds are known
+    with pytest.raises(MatrixError) as err:
+        load_matrix(path, [MAINLINE_BUILD])
+    (p,) = err.value.problems
+    assert "[cache.symmetric]" in p and "q3_0" in p and "cpu-box (mainline abc1234)" in p
+    assert "q8_0" in p and "iq4_nl" in p, "the builds' types are listed"
+
+
+def test_a_fork_type_on_a_mainline_fleet_says_which_build_it_needs(tmp_path):
+    path = write_matrix(tmp_path / "m.toml", GOOD.replace('"q8_0"]', '"turbo3"]'))
+    with pytest.raises(MatrixError) as err:
+        load_matrix(path, [MAINLINE_BUILD])
+    (p,) = err.value.problems
+    assert "'turbo3'" in p and "turboquant fork" in p and "scripts/build_worker.py" in p
+    fork = BuildTypes("tq-box (turboquant 69d8e4b)", frozenset(MAINLINE_TYPES + ("turbo3",)))
+    assert load_matrix(path, [MAINLINE_BUILD, fork]).configs[-1] == ("turbo3", "turbo3")
+
+
+def test_a_name_no_build_can_have_is_refused_at_once(tmp_path):
+    (p,) = problems_of(tmp_path, GOOD.replace('"q8_0"]', '"Q8 0"]'))
+    assert "[cache.symmetric]" in p and "not a cache type name" in p
 
 
 def test_quantized_v_needs_flash_attention(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, connect, parse_budget
 from kvsweep.analysis.report import build
 from kvsweep.analysis.document import Bullets, Heading, Table, to_markdown
-from kvsweep.cache_types import MAINLINE
+from kvsweep.cache_types import CATALOGUE as MAINLINE
 from kvsweep.cells import Cell
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 

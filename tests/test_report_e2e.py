@@ -29,7 +29,7 @@ from kvsweep.analysis.db import DEFAULT_BUDGETS, connect
 from kvsweep.analysis.document import Bullets, Heading, Table
 from kvsweep.analysis.report import build
 from kvsweep.analysis.screenshot import find_browser, take
-from kvsweep.cache_types import MAINLINE, config_label
+from kvsweep.cache_types import CATALOGUE as MAINLINE, config_label
 from kvsweep.orchestrator.sweep import RunOptions, run_sweep
 
 pytestmark = pytest.mark.ray

@@ -19,6 +19,22 @@ from kvsweep.workers.runner import RetryPolicy, UnitRunner
 from kvsweep.workers.worker_log import WorkerLog
 
 
+# Knobs of forks that silently change what runs, pinned off in every worker unless the matrix
+# sets them (runtime.env): the TurboQuant fork stores some layers' V as q8_0 when V is turbo2
+# and the model has 8+ layers (TURBO_LAYER_ADAPTIVE, decided once per process by its first
+# context), and upgrades a symmetric turbo K to q8_0 at GQA ratios >= 6
+# (TURBO_AUTO_ASYMMETRIC). Mainline reads neither. Set before llama.cpp makes any context;
+# recorded on every row (env_effective).
+PINNED_ENV = {"TURBO_LAYER_ADAPTIVE": "0", "TURBO_AUTO_ASYMMETRIC": "0"}
+
+
+def apply_process_env(matrix_env: dict[str, str]) -> None:
+    """The worker process's environment: the pins, then the matrix's runtime.env (which also
+    applies per unit; some knobs are read once per process, so they must be set here too)."""
+    for key, value in {**PINNED_ENV, **matrix_env}.items():
+        os.environ[key] = str(value)
+
+
 # Environment variables that make one device visible to llama.cpp's backend, by backend.
 _VISIBLE_DEVICES = {"CUDA": "CUDA_VISIBLE_DEVICES", "Vulkan": "GGML_VK_VISIBLE_DEVICES",
                     "ROCm": "HIP_VISIBLE_DEVICES", "HIP": "HIP_VISIBLE_DEVICES"}
@@ -39,8 +55,10 @@ class DeviceWorker:
     def __init__(self, worker_id: str, device_index: int = 0, runner: str = "llama",
                  fake_cell_seconds: float = 0.0, n_threads: int = 0,
                  retry: RetryPolicy | None = None, fault_plan: list[dict] | None = None,
-                 memory_limit: int = 0, backend: str = "", device_count: int = 1):
+                 memory_limit: int = 0, backend: str = "", device_count: int = 1,
+                 env: dict[str, str] | None = None):
         pin_device(backend, device_index, device_count)
+        apply_process_env(env or {})
         self.worker_id = worker_id
         self.device_index = device_index
         self.log = WorkerLog(worker_id, redirect_stderr=runner != "fake")
@@ -63,7 +81,13 @@ class DeviceWorker:
         import ray
 
         probe = refresh_memory(probe_host()) if self.runner_kind != "fake" else probe_host()
+        capabilities = {}
+        if self.runner_kind != "fake":  # what this build runs as K/V caches (cached per build)
+            from kvsweep.workers.capabilities import host_capabilities
+
+            capabilities = host_capabilities()
         return {
+            "capabilities": capabilities,
             "worker_id": self.worker_id,
             # after pinning, this worker's device is the first one it sees
             "device_index": 0 if len(probe.gpu_devices) == 1 else self.device_index,

@@ -99,10 +99,21 @@ def shared_check() -> FallbackCheck:
     return _shared
 
 
-def context_columns(ctx: llama_api.Context, check: FallbackCheck) -> tuple[dict, list[str]]:
-    """Attempt columns describing how a context ran, and its fallback flags."""
+def context_columns(ctx: llama_api.Context, check: FallbackCheck, cell=None) -> tuple[dict, list[str]]:
+    """Attempt columns describing how a context ran, and its flags: fallback, and whether the
+    KV cache is the one `cell` asked for (workers/config_check.py; default: the context's own
+    settings)."""
+    from kvsweep.workers import ggml_types
+    from kvsweep.workers.config_check import CONFIG_NOT_APPLIED, config_problems
+
     facts = ctx.facts
     flags, ref = check.flags(ctx)
+    type_k, type_v = (cell.type_k, cell.type_v) if cell is not None else (ctx.settings.type_k, ctx.settings.type_v)
+    flash_attn = cell.flash_attn if cell is not None else ctx.settings.flash_attn
+    problems = config_problems(facts, type_k, type_v, flash_attn, ctx.model.shape)
+    if problems:
+        flags.append(CONFIG_NOT_APPLIED)
+    types = ggml_types.build_types()
     columns = {
         "kv_bytes": facts.kv_bytes,
         "flash_attn_enabled": facts.flash_attn_enabled and not facts.flash_attn_auto_disabled,
@@ -116,5 +127,10 @@ def context_columns(ctx: llama_api.Context, check: FallbackCheck) -> tuple[dict,
         "graph_splits_tg": facts.graph_splits_tg,
         "graph_splits_ref": ref,
         "kv_devices": ",".join(dict.fromkeys(facts.kv_devices)),
+        "kv_type_k": ",".join(dict.fromkeys(s.type_k for s in facts.kv_summaries)),
+        "kv_type_v": ",".join(dict.fromkeys(s.type_v for s in facts.kv_summaries)),
+        "bits_k": types[type_k].bits_per_value if type_k in types else None,
+        "bits_v": types[type_v].bits_per_value if type_v in types else None,
+        "config_check": "; ".join(problems),
     }
     return columns, flags

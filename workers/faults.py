@@ -17,6 +17,9 @@ KVSWEEP_FAULTS or the matrix's `[testing] faults`:
             cell normally: a test holds a sweep at a known cell, acts (kills the driver, adds
             or removes a node, fills the disk), then lets it go on, however fast cells are
     nan     the cell's logits turn into NaN (quality cells), as a broken kernel would give
+    wrong-type  the cell's context is made with the K type `type` (default q4_0) instead of
+            its own, silently, as a setting that does not take effect: the config check must
+            flag it (workers/config_check.py)
     error   raise an ordinary exception
 `times` (default: always) limits how often a fault fires per cell; the count survives the
 worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
@@ -37,13 +40,13 @@ from pathlib import Path
 
 from kvsweep.cells import Cell
 
-FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error")
+FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error", "wrong-type")
 ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
 _plan_from_unit: list[dict] = []
 _worker_memory: int = 0
-_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds", "path", "min_contexts"}
+_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds", "path", "min_contexts", "type"}
 
 
 class InjectedError(RuntimeError):
@@ -154,6 +157,15 @@ def maybe_inject(cell: Cell, contexts: int = 1) -> None:
         ctypes.string_at(0)
     if _fires(cell, "exit"):
         os._exit(137)
+
+
+def context_types(cell: Cell) -> tuple[str, str]:
+    """The K and V types to make the cell's context with: its own, unless a wrong-type fault
+    fires."""
+    entry = _firing_entry(cell, "wrong-type")
+    if entry is None:
+        return cell.type_k, cell.type_v
+    return entry.get("type", "q4_0"), cell.type_v
 
 
 def poison_scores(cell: Cell, scores) -> None:

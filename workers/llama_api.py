@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvsweep import cache_types
+from kvsweep.workers import ggml_types
 from kvsweep.workers.threadpool import Threadpool
 
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
@@ -179,6 +179,20 @@ class Model:
             n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(self.ptr)),
         )
         self.load_log = log.since(mark)
+        self._shape = False  # read when first asked for
+
+    @property
+    def shape(self):
+        """The model's shape from its GGUF metadata (kvsweep/model_shape.py), None when the
+        file cannot be read that way."""
+        if self._shape is False:
+            from kvsweep.model_shape import read_shape
+
+            try:
+                self._shape = read_shape(self.path)
+            except Exception:  # a GGUF the gguf package cannot parse: no size check then
+                self._shape = None
+        return self._shape
 
     def tokenize(self, text: str, add_special: bool = True) -> np.ndarray:
         """Tokens of `text` as llama-perplexity gets them (common_tokenize(ctx, text, true))."""
@@ -218,6 +232,19 @@ class ContextSettings:
     cpu_threadpool: bool = False
 
 
+@dataclass(frozen=True)
+class KvSummary:
+    """llama_kv_cache's summary line: "size = 8.00 MiB (256 cells, 4 layers, 1/1 seqs),
+    K (f16): 4.00 MiB, V (f16): 4.00 MiB" (one per cache: a SWA model makes two)."""
+
+    cells: int
+    layers: int
+    type_k: str
+    k_mib: float
+    type_v: str
+    v_mib: float
+
+
 @dataclass
 class ContextFacts:
     """What llama.cpp said when it made the context (from its log)."""
@@ -236,6 +263,10 @@ class ContextFacts:
     # own check (flash_attn auto) that the FA kernel is missing on the layer's device
     fa_device_mismatch: tuple[str, str] | None = None
     flash_attn_auto_disabled: bool = False
+    kv_summaries: list[KvSummary] = field(default_factory=list)
+    # lines in which llama.cpp (or a fork) says it stores the cache otherwise than asked:
+    # TurboQuant's layer-adaptive modes and its automatic K upgrade
+    kv_notes: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
     @property
@@ -264,6 +295,13 @@ _GRAPH = re.compile(
 _GRAPH_OLD_SPLITS = re.compile(r"graph splits\s*=\s*(\d+)(?: \(with bs=\d+\), (\d+))?")
 _GRAPH_OLD_NODES = re.compile(r"graph nodes\s*=\s*(\d+)")
 _KV_DEVICE = re.compile(r"layer\s+(\d+): dev = (\S+)")
+_KV_SUMMARY = re.compile(r"size =\s*[\d.]+ MiB \(\s*(\d+) cells,\s*(\d+) layers,.*?K \((\w+)\):\s*([\d.]+) MiB, "
+                         r"V \((\w+)\):\s*([\d.]+) MiB")
+# what a fork logs when it changes this context's cache (TurboQuant: a layer-adaptive mode
+# applied to its layers, an automatic K upgrade). Not the notices that a mode is on for the
+# process ("layer-adaptive mode 7 enabled", "Boundary V auto-enabled"): they come with the
+# first context whatever its types; modes that log nothing per context show in the sizes.
+_KV_NOTE = re.compile(r"Boundary V mode|V-only LA mode|auto-asymmetric")
 _FA_MISMATCH = re.compile(
     r"layer \d+ is assigned to device (\S+) but Flash Attention is assigned to device (\S+)"
 )
@@ -289,6 +327,12 @@ def _parse_facts(lines: list[str]) -> ContextFacts:
         m = _FA_MISMATCH.search(line)
         if m:
             facts.fa_device_mismatch = (m.group(1), m.group(2))
+        m = _KV_SUMMARY.search(line)
+        if m and "kv_cache" in line:
+            facts.kv_summaries.append(KvSummary(int(m.group(1)), int(m.group(2)), m.group(3),
+                                                float(m.group(4)), m.group(5), float(m.group(6))))
+        if _KV_NOTE.search(line):
+            facts.kv_notes.append(line.strip())
         if "Flash Attention not supported, set to disabled" in line:
             facts.flash_attn_auto_disabled = True
         m = re.search(r"KV buffer size\s*=\s*([\d.]+)\s*MiB", line)
@@ -297,6 +341,10 @@ def _parse_facts(lines: list[str]) -> ContextFacts:
         m = re.search(r"flash_attn\s*=\s*(\w+)", line)
         if m and "llama_context" in line:
             facts.flash_attn_enabled = m.group(1) == "enabled" or m.group(1) == "1"
+        elif re.search(r"Flash Attention (?:was auto, set to )?enabled", line):
+            facts.flash_attn_enabled = True  # "auto" resolved (mainline, and forks' wording)
+        elif "Flash Attention" in line and "set to disabled" in line:
+            facts.flash_attn_enabled = False
         m = re.search(r"attn_rot_k\s*=\s*(\d)", line)
         if m:
             facts.attn_rot_k = m.group(1) == "1"
@@ -321,8 +369,11 @@ class Context:
         params.n_seq_max = settings.n_seq_max
         params.n_threads = settings.n_threads
         params.n_threads_batch = settings.n_threads
-        params.type_k = cache_types.get(settings.type_k).ggml_type
-        params.type_v = cache_types.get(settings.type_v).ggml_type
+        try:  # this build's enum numbers (a fork's differ from mainline's)
+            params.type_k = ggml_types.type_id(settings.type_k)
+            params.type_v = ggml_types.type_id(settings.type_v)
+        except ggml_types.UnknownType as exc:
+            raise LlamaError(str(exc.args[0])) from None
         params.flash_attn_type = FLASH_ATTN[settings.flash_attn]
         params.no_perf = True
         log = LogCapture.install()

@@ -47,7 +47,10 @@ class HostProbe:
     devices: list[Device] = field(default_factory=list)
     kvsweep_version: str = kvsweep.__version__
     llama_cpp_python_version: str = ""
-    build_commit: str = ""  # ggml_commit(): the vendored llama.cpp commit
+    build_commit: str = ""  # ggml_commit(): the vendored llama.cpp commit (else the build's own record)
+    build_name: str = "mainline"  # mainline, or the fork / label scripts/build_worker.py recorded
+    build_fingerprint: str = ""  # sha256 of libggml-base: tells builds apart whatever their commit
+    build_cmake_args: str = ""  # the CMake flags the build recorded ('' when unknown)
     ggml_version: str = ""
     llama_version: str = ""
     system_info: str = ""
@@ -81,12 +84,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
-def bundled_lib(name: str) -> ctypes.CDLL:
-    """One of llama-cpp-python's bundled libraries, by its stem: "ggml", "ggml-base"."""
+def bundled_lib_path(name: str) -> str:
+    """The file of one of llama-cpp-python's bundled libraries, by its stem: "ggml", "ggml-base"."""
     import llama_cpp
 
     ext = "dylib" if platform.system() == "Darwin" else "so"
-    return ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", f"lib{name}.{ext}"))
+    return os.path.join(os.path.dirname(llama_cpp.__file__), "lib", f"lib{name}.{ext}")
+
+
+def bundled_lib(name: str) -> ctypes.CDLL:
+    return ctypes.CDLL(bundled_lib_path(name))
+
+
+BUILD_INFO = "kvsweep_build.json"  # what scripts/build_worker.py puts inside the llama_cpp package
+
+
+def build_info() -> dict:
+    """The build's own description, when scripts/build_worker.py made it: name (mainline, a
+    fork, a backend label), the tree's commit, the bindings release, the CMake flags."""
+    import llama_cpp
+
+    path = os.path.join(os.path.dirname(llama_cpp.__file__), BUILD_INFO)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _ggml_devices() -> list[Device]:
@@ -232,9 +255,10 @@ def driver_version() -> str:
 
 
 # Environment variables that change what llama.cpp computes or how fast: read by llama.cpp or
-# ggml themselves (LLAMA_ATTN_ROT_DISABLE, GGML_CPU_DISABLE_FUSION, GGML_SCHED_*, ...), by the
-# OpenMP runtime ggml's CPU backend uses, or choosing devices.
-KNOB_PREFIXES = ("LLAMA_", "GGML_", "OMP_", "KMP_", "GOMP_")
+# ggml themselves (LLAMA_ATTN_ROT_DISABLE, GGML_CPU_DISABLE_FUSION, GGML_SCHED_*, ...), by
+# forks (TurboQuant's TURBO_LAYER_ADAPTIVE, TURBO_AUTO_ASYMMETRIC), by the OpenMP runtime
+# ggml's CPU backend uses, or choosing devices.
+KNOB_PREFIXES = ("LLAMA_", "GGML_", "OMP_", "KMP_", "GOMP_", "TURBO_")
 KNOB_NAMES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
               "CUDA_LAUNCH_BLOCKING", "GPU_DEVICE_ORDINAL")
 _NOT_KNOBS = re.compile(r"TOKEN|SECRET|PASSWORD|KEY$|CREDENTIAL", re.IGNORECASE)
@@ -265,7 +289,12 @@ def run_facts(model_path: str) -> dict:
 def probe_host() -> HostProbe:
     devices = _ggml_devices()
     gpus = [d for d in devices if d.kind != "cpu"]
+    from kvsweep.workers.ggml_types import build_fingerprint
+
     commit, ggml_version, llama_version, system_info = _build_strings()
+    info = build_info()
+    if info.get("commit") and (not commit or commit.startswith("unknown")):
+        commit = info["commit"][:7]  # a tree without .git: the commit the build recorded
     ram_total, ram_free = _ram()
     try:
         llama_cpp_python_version = metadata.version("llama-cpp-python")
@@ -284,6 +313,9 @@ def probe_host() -> HostProbe:
         devices=devices,
         llama_cpp_python_version=llama_cpp_python_version,
         build_commit=commit,
+        build_name=info.get("name") or "mainline",
+        build_fingerprint=build_fingerprint(),
+        build_cmake_args=info.get("cmake_args", ""),
         ggml_version=ggml_version,
         llama_version=llama_version,
         system_info=system_info,

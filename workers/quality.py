@@ -104,7 +104,7 @@ def run_quality_group(
                 if cell.type_k == cell.type_v == cell.baseline:
                     compared.append(_Compared(cell, None))  # scored from the baseline itself
                     continue
-                compared.append(_Compared(cell, llama_api.Context(model, settings(*cell.config))))
+                compared.append(_Compared(cell, llama_api.Context(model, settings(*faults.context_types(cell)))))
             except llama_api.OutOfMemory:
                 if split_on_oom:
                     raise
@@ -210,10 +210,11 @@ def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_co
     elif ppl > IMPLAUSIBLE_PPL_RATIO * ppl_base:
         flags.append("implausible-ppl")
     ctx = c.ctx or base
-    columns, fallback_flags = context_columns(ctx, fallback)
-    flags += fallback_flags
-    if c.ctx is not None:  # the baseline's own fallback skews every KL figure of the group
-        flags += [f"baseline-{f}" for f in fallback.flags(base)[0]]
+    columns, context_flags = context_columns(ctx, fallback, c.cell)
+    flags += context_flags
+    if c.ctx is not None:  # the baseline's own fallback or misconfiguration skews every KL figure
+        base_flags = context_columns(base, fallback)[1]
+        flags += [f"baseline-{f}" for f in base_flags]
     return records.CellOutcome(
         cell_id=c.cell.cell_id,
         status=status,

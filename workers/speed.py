@@ -22,7 +22,7 @@ import numpy as np
 
 from kvsweep import records
 from kvsweep.cells import GENERATION, PROMPT, Cell
-from kvsweep.workers import llama_api, probe
+from kvsweep.workers import faults, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 
 
@@ -121,9 +121,10 @@ def run_speed_cell(
     fallback = fallback or shared_check()
     n_prompt = cell.n_prompt if cell.kind == PROMPT else 0
     n_gen = cell.n_gen if cell.kind == GENERATION else 0
+    type_k, type_v = faults.context_types(cell)
     settings = llama_api.ContextSettings(
-        type_k=cell.type_k,
-        type_v=cell.type_v,
+        type_k=type_k,
+        type_v=type_v,
         n_ctx=n_prompt + n_gen + cell.n_depth,
         n_batch=cell.n_batch,
         n_ubatch=cell.n_ubatch,
@@ -153,7 +154,7 @@ def run_speed_cell(
                 test_gen(ctx, n_gen, rand)
             samples_ns.append(time.perf_counter_ns() - t0)
             finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
-        columns, flags = context_columns(ctx, fallback)
+        columns, flags = context_columns(ctx, fallback, cell)
 
     samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
     if not finite:
