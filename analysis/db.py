@@ -88,10 +88,13 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     for name, paths, schema in (("attempts_raw", files.attempts, ATTEMPTS_SCHEMA),
                                 ("tokens_raw", files.tokens, TOKENS_SCHEMA)):
         listed = [str(p) for p in paths]
+        con.register(f"{name}_empty", schema.empty_table())
         if listed:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({listed!r}, union_by_name = true)")
+            # every column of the current schema, also over files an older kvsweep wrote (the
+            # columns they lack read as NULL)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty UNION ALL BY NAME "
+                        f"SELECT * FROM read_parquet({listed!r}, union_by_name = true)")
         else:
-            con.register(f"{name}_empty", schema.empty_table())
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
     # ok quality attempts whose per-token rows went to quarantine: they no longer count
     con.register("lost_tokens_table", pa.table({"attempt_id": pa.array(sorted(files.lost_tokens), pa.string())}))
@@ -136,16 +139,13 @@ def _register_reference_tables(con: duckdb.DuckDBPyConnection, budgets: tuple[Kl
     con.register("cache_types_table", types)
     con.execute("CREATE TABLE cache_types AS SELECT * FROM cache_types_table")
     con.unregister("cache_types_table")
-    # a fork's type kvsweep has no entry for: as its workers' builds described it (results
-    # written before kvsweep recorded bits_k / bits_v have neither column)
-    columns = {r[0] for r in con.execute("DESCRIBE attempts_raw").fetchall()}
-    if {"bits_k", "bits_v"} <= columns:
-        con.execute("""
-            INSERT INTO cache_types
-            SELECT name, any_value(bits), NULL, 'build' FROM (
-                SELECT type_k AS name, bits_k AS bits FROM attempts_raw WHERE bits_k IS NOT NULL
-                UNION ALL SELECT type_v, bits_v FROM attempts_raw WHERE bits_v IS NOT NULL)
-            WHERE name NOT IN (SELECT name FROM cache_types) GROUP BY name""")
+    # a fork's type kvsweep has no entry for: as its workers' builds described it
+    con.execute("""
+        INSERT INTO cache_types
+        SELECT name, any_value(bits), NULL, 'build' FROM (
+            SELECT type_k AS name, bits_k AS bits FROM attempts_raw WHERE bits_k IS NOT NULL
+            UNION ALL SELECT type_v, bits_v FROM attempts_raw WHERE bits_v IS NOT NULL)
+        WHERE name NOT IN (SELECT name FROM cache_types) GROUP BY name""")
     table = pa.table({
         "budget": pa.array([b.name for b in budgets], pa.string()),
         "max_kld": pa.array([b.max_kld for b in budgets], pa.float64()),

@@ -61,18 +61,24 @@ def header_section(con, run_dir: Path) -> list[Block]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     status = {r["status"]: r["cells"] for r in query(con, "status_counts")}
     total = sum(status.values())
-    builds = con.execute("SELECT DISTINCT build_commit, llama_cpp_python_version, backends FROM results WHERE build_commit IS NOT NULL").fetchall()
-    hosts = con.execute("SELECT DISTINCT host, host_class, device_name, device_memory_total FROM results WHERE host IS NOT NULL ORDER BY host").fetchall()
+    builds = query(con, "header_builds")
+    hosts = query(con, "header_hosts")
     cells = (f"Cells: {total} planned; " + ", ".join(f"{n} {s}" for s, n in status.items()) + "."
              if total else "No cells planned yet.")
     lines = [
         f"Run `{manifest.get('run_id', '')[:12]}`, {len(manifest.get('sessions', []))} session(s), "
         f"report written {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. {cells}",
     ]
-    for commit, version, backends in builds:
-        lines.append(f"llama.cpp build `{commit}` (llama-cpp-python {version}), backends {backends}.")
-    for host, host_class, device, memory in hosts:
-        lines.append(f"Host `{host}`: class `{host_class}`, device {device}, memory {fmt_bytes(memory)}.")
+    for b in builds:
+        line = (f"llama.cpp build {b['build_name']} `{b['build_commit']}` (llama-cpp-python "
+                f"{b['llama_cpp_python_version']}), backends {b['backends']}.")
+        if b["cpu_turbo_speed"]:
+            line += (" Its turbo caches ran on the CPU backend, through the fork's slow scalar path: "
+                     "their speed figures say nothing about Metal or CUDA (quality figures are valid).")
+        lines.append(line)
+    for h in hosts:
+        lines.append(f"Host `{h['host']}`: class `{h['host_class']}`, device {h['device_name']}, "
+                     f"memory {fmt_bytes(h['device_memory_total'])}.")
     return [Heading(f"kvsweep report: {run_dir.name}", 1), Paragraph(lines[0])] + (
         [Bullets(lines[1:])] if len(lines) > 1 else [])
 

@@ -83,6 +83,9 @@ def _run_command(args) -> int:
         _traceback_if(args)
         _say(str(exc))
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConnectionError as exc:
         _traceback_if(args)
         _say(f"cannot reach the Ray cluster: {exc} (is `kvsweep head` running there, and is the "

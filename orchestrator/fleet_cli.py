@@ -80,10 +80,12 @@ def _ray_env(ip: str = "", joining: bool = False) -> dict:
     # Ray starts workers at niceness 15: timed loops would lose the CPU to anything else on
     # the host, and llama-bench (niceness 0) would not (see docs/fidelity.md)
     env["RAY_worker_niceness"] = "0"
-    if ip and ipaddress.ip_address(ip).is_loopback and not joining:
-        # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address. Not for a node
-        # that joins: `ray start --address` refuses to with it set, and it names its address
-        # itself (--node-ip-address)
+    if joining:
+        # `ray start --address` refuses to join with it off (Ray's switch for laptops); the node
+        # names its own address (--node-ip-address)
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
+    elif ip and ipaddress.ip_address(ip).is_loopback:
+        # otherwise Ray rewrites 127.0.0.1 to this host's public-facing address
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
 

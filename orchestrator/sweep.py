@@ -102,7 +102,10 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
         slots = fleet_mod.create_slots(**slot_args)
         if not slots:
             raise SweepError("no kvsweep workers in the Ray cluster: start some with "
-                               "`kvsweep worker join --address HEAD:PORT` (see docs/fleet.md)")
+                             "`kvsweep worker join --address HEAD:PORT` (see docs/fleet.md)")
+        problems = cache_type_problems(matrix, builds_of(slots))
+        if problems:
+            raise MatrixError(problems)
         cells = expand(matrix, inputs, {s.host_class for s in slots}, {s.backend for s in slots})
         session = new_session_id()
         recovered = recover(run_dir, session)
@@ -267,10 +270,20 @@ class DryRun:
 
 def dry_run(matrix_path: str | Path, address: str | None = None) -> DryRun:
     view = fleet_view(address)
-    matrix = load_matrix(matrix_path, builds_of(view.slots) or None)
+    matrix = load_matrix(matrix_path)
     inputs = resolve_inputs(matrix)
     cells = expand(matrix, inputs, view.host_classes, view.backends)
-    return DryRun(matrix, cells, view, memory_plan.predictions(cells), inputs.problems, inputs.warnings)
+    # a type no build of the fleet has is a problem like a missing file: the plan is still shown
+    problems = cache_type_problems(matrix, builds_of(view.slots)) + inputs.problems
+    return DryRun(matrix, cells, view, memory_plan.predictions(cells), problems, inputs.warnings)
+
+
+def cache_type_problems(matrix: Matrix, builds: list[BuildTypes]) -> list[str]:
+    """The matrix's cache types (and baseline) that no build of the fleet has."""
+    if not builds:
+        return []
+    wanted = list(matrix.configs) + ([(matrix.quality.baseline,) * 2] if matrix.quality else [])
+    return [f"{matrix.source}: [cache] {msg} -> {fix}" for _, msg, fix in type_problems(wanted, builds)]
 
 
 def units_of(cells: list[Cell], matrix: Matrix):

@@ -181,6 +181,11 @@ def make_venv(venv: Path, wheel: Path, system_site: bool, editable: bool) -> Non
         log(f"creating the environment {venv}")
         cmd = [sys.executable, "-m", "venv", str(venv)] + (["--system-site-packages"] if system_site else [])
         subprocess.run(cmd, check=True)
+    marker = venv / ".kvsweep-build"  # what was installed last: the same again is a no-op
+    wanted = json.dumps({"wheel": str(wheel), "project": str(PROJECT), "editable": editable})
+    if marker.exists() and marker.read_text() == wanted:
+        log(f"{venv} already has this build and this kvsweep")
+        return
     no_deps = ["--no-deps"] if system_site else []
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + ["--force-reinstall", "--no-deps", str(wheel)], check=True, stdout=sys.stderr)
@@ -188,14 +193,14 @@ def make_venv(venv: Path, wheel: Path, system_site: bool, editable: bool) -> Non
         subprocess.run(pip + [str(wheel)], check=True, stdout=sys.stderr)
     project = ["-e", str(PROJECT)] if editable else [str(PROJECT)]
     subprocess.run(pip + no_deps + project, check=True, stdout=sys.stderr)
+    marker.write_text(wanted)
 
 
 def check(venv: Path) -> dict:
     """What the new environment's worker reports: bindings, build, the cache types it has."""
     code = ("import json; from kvsweep.workers.probe import probe_host; p = probe_host(); "
             "print(json.dumps({'llama_cpp_python_version': p.llama_cpp_python_version, "
-            "'build_name': p.build_name, 'build_commit': p.build_commit, 'backends': p.backends, "
-            "'cache_types': sorted(p.cache_types)}))")
+            "'build_name': p.build_name, 'build_commit': p.build_commit, 'backends': p.backends}))")
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"the new environment does not run kvsweep's probe:\n{done.stderr[-3000:]}")

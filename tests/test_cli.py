@@ -23,6 +23,9 @@ def test_dry_run_of_the_seed_matrix_names_missing_files():
     assert "cannot run as it is" in text
     assert "[models[0].path] model file missing" in text and "Qwen3.6-35B-A3B-Q8_0.gguf" in text
     assert "[quality.corpus] corpus file missing" in text and "wiki.test.raw" in text
+    # the posts' turbo types need the fork: on this host's mainline build, said per type
+    assert "turbo3" in text and "no host of the fleet" in text
+    assert "no build in the fleet has the cache type 'turbo3'" in text and "scripts/build_worker.py" in text
 
 
 def test_dry_run_of_the_demo_counts_cells():

@@ -243,3 +243,40 @@ def test_a_quality_unit_that_only_fits_when_split(ray_local, tmp_path):
     assert splits == 5 + 3 + 2
     # the tries were rows, but never the cell's result
     assert con.execute("SELECT count(*) FROM results WHERE status = 'oom'").fetchone()[0] == 0
+
+
+WRONG_TYPE_MATRIX = """
+name = "wrong"
+[[models]]
+generate = {{ arch = "llama" }}
+[cache]
+symmetric = ["f16", "q8_0"]
+[quality]
+corpus = "{corpus}"
+n_ctx = [128]
+max_chunks = 2
+baseline = "f16"
+n_batch = 128
+[speed]
+depths = [0]
+n_prompt = 16
+n_gen = 4
+repetitions = 2
+[testing]
+# q8_0's contexts are made with a q4_0 K cache, silently: a setting that did not take effect
+faults = [{{ match = {{ type_k = "q8_0" }}, fault = "wrong-type", type = "q4_0" }}]
+"""
+
+
+def test_a_context_made_with_another_type_than_planned_is_flagged(ray_local, tmp_path):
+    path = tmp_path / "wrong.toml"
+    path.write_text(WRONG_TYPE_MATRIX.format(corpus=DEMO_CORPUS))
+    result = run_sweep(path, RunOptions(run_dir=tmp_path / "run", progress=False))
+    con = connect(result.run_dir)
+    flagged = con.execute("SELECT kind, kv_type_k, config_check FROM results WHERE "
+                          "list_contains(flags, 'config-not-applied') ORDER BY kind").fetchall()
+    assert [k for k, _, _ in flagged] == ["pp", "quality", "tg"]  # every q8_0 cell, no other
+    for _, kv_type_k, check in flagged:
+        assert kv_type_k == "q4_0" and "the K cache is q4_0, the cell asked for q8_0" in check
+    assert con.execute("SELECT count(*) FROM untrusted WHERE config = 'q8_0'").fetchone()[0] == 3
+    assert "config-not-applied" in (result.run_dir / "report" / "report.md").read_text()

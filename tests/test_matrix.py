@@ -33,7 +33,8 @@ def test_shipped_matrices_load():
     demo = load_matrix(ROOT / "matrices" / "demo.toml")
     assert demo.name == "demo" and demo.quality.baseline == "f32"
     seeds = load_matrix(ROOT / "matrices" / "qwen36-35b-a3b.toml")
-    assert ("q8_0", "q4_0") in seeds.configs and seeds.quality.n_ctx == (4096, 16384)
+    assert ("q8_0", "turbo4") in seeds.configs and ("turbo3", "turbo3") in seeds.configs
+    assert seeds.quality.n_ctx == (4096, 16384)
     assert seeds.speed.depths[-1] == 524288
 
 
