@@ -125,3 +125,28 @@ def test_quality_cells_hold_two_contexts(k, v):
     pred = predict(q, shape)
     assert pred.kv == kv_bytes(shape, k, v, 4096) + kv_bytes(shape, "f32", "f32", 4096)
     assert pred.contexts == 2
+
+
+def test_turbo_types_pad_each_head_to_128_values():
+    """TurboQuant stores 128-value blocks and pads a head_dim 64 model's heads to 128: twice the
+    bytes of its nominal bits (the fork logs "turbo zero-padding K head_dim 64 -> 128"; the
+    sizes it then reports match this, checked on every context by workers/config_check.py)."""
+    shape = read_shape(str(cached_model(ModelRecipe())))  # head_dim 64, 2 KV heads, 4 layers
+    assert shape.head_k == 64 and shape.n_head_kv == 2
+    cells = padded(256)
+    nominal = {"turbo2": 2.125, "turbo3": 3.125, "turbo4": 4.25}
+    for name, bits in nominal.items():
+        per_layer = 2 * cells * (2 * 128 * bits / 8)  # K and V, two heads padded to 128 values
+        assert kv_bytes(shape, name, name, 256) == shape.kv_layers * per_layer
+    # a mainline type is not padded: q8_0 at 8.5 bits stores exactly 64 values a head
+    assert kv_bytes(shape, "q8_0", "q8_0", 256) == shape.kv_layers * 2 * cells * 2 * 64 * 8.5 / 8
+
+
+def test_a_type_known_only_from_a_build_is_described_by_it():
+    from kvsweep import cache_types
+
+    t = cache_types.from_build("xq3", block_size=64, type_size=26)
+    assert t.bits_per_value == 3.25 and t.quantized and t.origin == "build"
+    assert cache_types.lookup("xq3") is None
+    cache_types.learn(t)
+    assert cache_types.get("xq3") is t
