@@ -108,13 +108,13 @@ def _speed_configs(con) -> dict[tuple[str, str], set[str]]:
 def quality_section(con, order: list[str], style, budgets, chart_list: list[charts.Chart]) -> list[Block]:
     rows = query(con, "quality_table")
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"]), []).append(r)
+    for r in rows:  # per backend too when cells were planned per backend (every-backend)
+        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["quality_backend"]), []).append(r)
     out: list[Block] = [Heading("Quality", 2)]
     if not groups:
         out.append(Paragraph("This sweep has no quality cells."))
     kl_rows = _rows(con, "SELECT * FROM kl_vs_bits")
-    for (model, n_ctx, baseline), items in groups.items():
+    for (model, n_ctx, baseline, backend), items in groups.items():
         items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
         table = []
         for r in items:
@@ -136,7 +136,8 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
             ])
         ok = [r for r in items if r["n_tokens"]]
         where = sorted({f"`{r['host']}` ({r['host_class']})" for r in ok if r["host"]})
-        out.append(Heading(f"{model}, n_ctx {n_ctx}: KL against a {baseline} cache", 3))
+        on = f", on {backend}" if backend else ""
+        out.append(Heading(f"{model}, n_ctx {n_ctx}: KL against a {baseline} cache{on}", 3))
         out.append(Table(["Cache", "PPL", f"KL vs {baseline}", "Top-1 token agreement", "KL p99",
                           "Bits/value"], table, numeric={1, 2, 3, 4, 5}))
         notes = []
@@ -147,13 +148,44 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
         if any(r["flags"] for r in items):
             notes.append("† flagged: " + "; ".join(f"{r['config']}: {', '.join(r['flags'])}" for r in items if r["flags"]))
         out.append(Paragraph(" ".join(notes)))
-        mine = [k for k in kl_rows if (k["model_name"], k["n_ctx"], k["baseline"]) == (model, n_ctx, baseline)]
+        mine = [k for k in kl_rows if (k["model_name"], k["n_ctx"], k["baseline"]) == (model, n_ctx, baseline)
+                and (not backend or k["backend"] == backend)]
         if mine:
             chart = charts.kl_vs_bits(model, n_ctx, baseline, mine,
                                       [(b.name, b.max_kld) for b in budgets if b.max_kld is not None],
-                                      style, _slug("kl-vs-bits", model, n_ctx, baseline))
+                                      style, _slug("kl-vs-bits", model, n_ctx, baseline, *([backend] if backend else [])))
             chart_list.append(chart)
             out.append(_image(chart))
+    return out
+
+
+def cross_backend_section(con, order: list[str]) -> list[Block]:
+    """The same quality cells on two backends (placement.quality_on = "every-backend")."""
+    rows = _rows(con, "SELECT * FROM cross_backend ORDER BY model_name, n_ctx, baseline, backend_a, backend_b")
+    if not rows:
+        return []
+    out: list[Block] = [Heading("Quality across backends", 2)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["backend_a"], r["backend_b"]), []).append(r)
+    for (model, n_ctx, baseline, a, b), items in groups.items():
+        items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
+        table = [[
+            r["config"] + (" (baseline)" if r["config"] == baseline else "") + ("" if r["trusted"] else " †"),
+            f"{r['ppl_a']:.4f}", f"{r['ppl_b']:.4f}",
+            f"{100 * r['ppl_rel_diff']:+.3f} ± {100 * r['ppl_rel_diff_unc']:.3f}%",
+            fmt_kl(r["kld_a"]), fmt_kl(r["kld_b"]), fmt_kl_pm(r["d_kld"], r["d_kld_unc"]),
+            "**beyond noise**" if r["beyond_noise"] else "within noise",
+        ] for r in items]
+        out.append(Heading(f"{model}, n_ctx {n_ctx}, KL against a {baseline} cache: {a} vs {b}", 3))
+        out.append(Table(["Cache", f"PPL on {a}", f"PPL on {b}", f"PPL {b} vs {a}", f"KL on {a}",
+                          f"KL on {b}", f"KL {b} − {a}", "Difference"], table, numeric={1, 2, 3, 4, 5, 6}))
+        out.append(Paragraph(
+            f"{items[0]['n_tokens']} tokens scored on both, paired by chunk and position. The PPL "
+            f"difference is exp(mean(nll on {b} − nll on {a})) − 1; ± is one standard error of the "
+            "paired differences over tokens. Beyond noise: more than 3 standard errors in nll or KL "
+            "(the backends compute the same cache differently). Every figure: `kvsweep sql RUN_DIR "
+            "\"SELECT * FROM cross_backend\"`."))
     return out
 
 
@@ -289,6 +321,7 @@ def build(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) 
         blocks = header_section(con, run_dir)
         blocks += recommendations_section(con, budgets, tests)
         blocks += quality_section(con, order, style, budgets, chart_list)
+        blocks += cross_backend_section(con, order)
         blocks += speed_sections(con, order, style, tests, chart_list)
         blocks += failures_section(con)
         blocks += footer_section(run_dir)

@@ -17,7 +17,7 @@ from kvsweep.analysis.db import connect, with_damage_retry
 VIEWS = ("attempts", "plan", "results", "cell_status", "tokens", "quality", "speed",
          "untrusted", "depth_status", "context_ceiling", "host_memory", "kl_vs_bits",
          "config_quality", "rec_candidates", "rec_questions", "recommend_fastest",
-         "recommend_context")
+         "recommend_context", "cross_backend")
 TABLES = ("cache_types", "kl_budgets", "lost_tokens")
 
 HELP = """statements end with ';' (a single line runs at once); a line ending in '\\' continues.

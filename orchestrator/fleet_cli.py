@@ -204,14 +204,18 @@ def join(address: str, ip: str | None, host_class: str, memory_limit: int, check
     head_ip = address.rsplit(":", 1)[0]
     ip = ip or local_ip()
     advert = advertise(host_class, memory_limit, check_pairs)
+    for line in device_notes(advert.probe):
+        out(line)
     if advert.capabilities:
         from kvsweep.workers.capabilities import summary
 
         out(f"cache pairs with flash attention on {advert.backend}: {summary(advert.capabilities)}")
     if is_public(head_ip):
         out(f"WARNING: the head {head_ip} is a public address; see docs/fleet.md")
-    done = run(join_command(address, ip, advert.devices, advert.labels(), port_offset),
-               env=_ray_env(ip, joining=True))
+    env = _ray_env(ip, joining=True)
+    if not check_pairs:  # the node's workers do not check either (workers/actor.py)
+        env["KVSWEEP_SKIP_PAIR_CHECK"] = "1"
+    done = run(join_command(address, ip, advert.devices, advert.labels(), port_offset), env=env)
     if done.returncode != 0:
         return done.returncode
     publish(address, advert, ip, port_offset)
@@ -220,6 +224,23 @@ def join(address: str, ip: str | None, host_class: str, memory_limit: int, check
         f"{advert.devices} device(s), {advert.memory / 2**30:.1f} GiB, llama.cpp build "
         f"{probe.get('build_name', 'mainline')} {probe.get('build_commit', '?')})")
     return 0
+
+
+def device_notes(probe: dict) -> list[str]:
+    """What a host's devices mean for its figures: a CPU-type Vulkan device (Mesa's lavapipe)
+    in use, or one llama.cpp skips unless told."""
+    notes = []
+    used = [d for d in probe.get("devices", []) if d.get("kind") != "cpu"]
+    for d in used:
+        if d.get("device_type") == "cpu":
+            notes.append(f"note: {d['name']} ({d['description']}) is a CPU-type {d['backend']} device: its "
+                         "speed cells are flagged cpu-type-device (not a GPU's figures); quality cells are fine")
+    if not any(d.get("backend") == "Vulkan" for d in used):
+        skipped = [v for v in probe.get("vulkan_devices", []) if v.get("device_type") == "cpu"]
+        for v in skipped:
+            notes.append(f"note: the Vulkan device {v['index']} ({v['name']}) is CPU-type, which llama.cpp "
+                         f"skips: GGML_VK_VISIBLE_DEVICES={v['index']} makes this worker use it (docs/vulkan.md)")
+    return notes
 
 
 def publish(address: str, advert: HostAdvert, ip: str = "", port_offset: int = 0) -> None:
@@ -303,7 +324,7 @@ def list_workers(address: str | None) -> list[NodeRow]:
                 devices=int(total),
                 busy=int(total - _available(node["NodeID"])),
                 memory=int(labels.get(LABEL_MEMORY, 0) or 0),
-                device_name=(gpus[0]["description"] if gpus else probe.get("cpu_info", "?")),
+                device_name=_device_label(gpus[0]) if gpus else probe.get("cpu_info", "?"),
                 build=f"{probe.get('build_name', 'mainline')} {probe.get('build_commit', '?')}",
                 pairs=summary(info["capabilities"]) if info.get("capabilities") else "not checked",
                 **dict(zip(("cache_types", "kv_pairs"), _types_and_pairs(info.get("capabilities", {})))),
@@ -312,6 +333,10 @@ def list_workers(address: str | None) -> list[NodeRow]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _device_label(device: dict) -> str:
+    return device["description"] + (" [CPU-type]" if device.get("device_type") == "cpu" else "")
 
 
 def _available(node_id: str) -> float:
@@ -331,7 +356,7 @@ def _local_row() -> NodeRow:
     return NodeRow(node_id="(local)", address="127.0.0.1", host=probe["host"],
                    host_class=advert.host_class, backend=advert.backend, devices=advert.devices,
                    busy=0, memory=advert.memory,
-                   device_name=gpus[0]["description"] if gpus else probe["cpu_info"],
+                   device_name=_device_label(gpus[0]) if gpus else probe["cpu_info"],
                    build=f"{probe.get('build_name', 'mainline')} {probe['build_commit']}",
                    pairs=summary(advert.capabilities),
                    **dict(zip(("cache_types", "kv_pairs"), _types_and_pairs(advert.capabilities))))

@@ -51,6 +51,22 @@ def pin_device(backend: str, index: int, count: int) -> None:
         os.environ[var] = ids[index] if index < len(ids) else str(index)
 
 
+SKIP_PAIR_CHECK_ENV = "KVSWEEP_SKIP_PAIR_CHECK"
+
+# Speed cells of a worker whose device computes on the CPU though it is a GPU backend's (Mesa's
+# lavapipe on Vulkan): the figures say nothing about a GPU. Quality cells are fine there.
+CPU_TYPE_DEVICE = "cpu-type-device"
+
+
+def device_flags(device_index: int) -> tuple[str, ...]:
+    """Flags for the speed cells of the worker on this device (after pin_device)."""
+    gpus = probe_host().gpu_devices
+    if not gpus:
+        return ()
+    device = gpus[0] if len(gpus) == 1 else gpus[min(device_index, len(gpus) - 1)]
+    return (CPU_TYPE_DEVICE,) if device.cpu_type else ()
+
+
 class DeviceWorker:
     def __init__(self, worker_id: str, device_index: int = 0, runner: str = "llama",
                  fake_cell_seconds: float = 0.0, n_threads: int = 0,
@@ -68,7 +84,8 @@ class DeviceWorker:
 
             self.runner = FakeRunner(fake_cell_seconds)
         else:
-            self.runner = UnitRunner(n_threads=n_threads, retry=retry)
+            self.runner = UnitRunner(n_threads=n_threads, retry=retry,
+                                     speed_flags=device_flags(device_index))
             LogCapture.install().mirror = self.log.write
         self.runner_kind = runner
 
@@ -82,7 +99,9 @@ class DeviceWorker:
 
         probe = refresh_memory(probe_host()) if self.runner_kind != "fake" else probe_host()
         capabilities = {}
-        if self.runner_kind != "fake":  # what this build runs as K/V caches (cached per build)
+        # what this build runs as K/V caches (cached per build); not on a host joined with
+        # --skip-pair-check (SKIP_PAIR_CHECK_ENV in its environment): then nothing is assumed
+        if self.runner_kind != "fake" and not os.environ.get(SKIP_PAIR_CHECK_ENV):
             from kvsweep.workers.capabilities import host_capabilities
 
             capabilities = host_capabilities()

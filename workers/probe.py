@@ -12,7 +12,7 @@ import os
 import platform
 import re
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib import metadata
 
@@ -31,6 +31,15 @@ class Device:
     backend: str  # ggml backend registry name: CPU, CUDA, Metal, Vulkan
     memory_total: int
     memory_free: int
+    # Vulkan devices: what the loader says (workers/vulkan_info.py): cpu | integrated-gpu |
+    # discrete-gpu | virtual-gpu | other, and the driver; '' where not known
+    device_type: str = ""
+    driver: str = ""
+
+    @property
+    def cpu_type(self) -> bool:
+        """A device that computes on the CPU (Mesa's lavapipe): its speed says nothing of a GPU."""
+        return self.device_type == "cpu"
 
 
 @dataclass
@@ -55,6 +64,9 @@ class HostProbe:
     llama_version: str = ""
     system_info: str = ""
     driver_version: str = ""  # GPU driver where the OS tells it (NVIDIA, AMD), macOS version on Apple
+    # every Vulkan device the loader lists, ggml-vulkan's or not (it skips CPU-type ones unless
+    # GGML_VK_VISIBLE_DEVICES names them): for the hint `kvsweep worker join` gives
+    vulkan_devices: list[dict] = field(default_factory=list)
 
     @property
     def gpu_devices(self) -> list[Device]:
@@ -76,6 +88,8 @@ class HostProbe:
     def from_dict(cls, data: dict) -> HostProbe:
         data = dict(data)
         data["devices"] = [Device(**d) for d in data.get("devices", [])]
+        # a probe another kvsweep version published may have fields this one does not know
+        data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
         return cls(**data)
 
 
@@ -110,6 +124,19 @@ def build_info() -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def _describe_vulkan(devices: list[Device], vulkan: list) -> None:
+    """Give ggml's Vulkan devices the loader's type and driver: the n-th Vulkan device of ggml
+    is the n-th of the loader's visible ones (GGML_VK_VISIBLE_DEVICES, or every non-CPU one)."""
+    from kvsweep.workers.vulkan_info import visible_indices
+
+    by_index = {d.index: d for d in vulkan}
+    visible = [by_index[i] for i in visible_indices(vulkan) if i in by_index]
+    ours = [d for d in devices if d.backend == "Vulkan"]
+    for dev, vk in zip(ours, visible):
+        if vk.name == dev.description or vk.name.startswith(dev.description) or dev.description.startswith(vk.name):
+            dev.device_type, dev.driver = vk.device_type, vk.driver
 
 
 def _ggml_devices() -> list[Device]:
@@ -287,7 +314,12 @@ def run_facts(model_path: str) -> dict:
 
 @lru_cache(maxsize=1)
 def probe_host() -> HostProbe:
+    from kvsweep.workers import vulkan_info
+
     devices = _ggml_devices()
+    vulkan = vulkan_info.devices() if any(d.backend == "Vulkan" for d in devices) or \
+        "Vulkan" in _registry_backends() else []
+    _describe_vulkan(devices, vulkan)
     gpus = [d for d in devices if d.kind != "cpu"]
     from kvsweep.workers.ggml_types import build_fingerprint
 
@@ -319,7 +351,8 @@ def probe_host() -> HostProbe:
         ggml_version=ggml_version,
         llama_version=llama_version,
         system_info=system_info,
-        driver_version=driver_version(),
+        driver_version=driver_version() or next((d.driver for d in gpus if d.driver), ""),
+        vulkan_devices=[v.to_dict() for v in vulkan],
     )
 
 

@@ -106,8 +106,12 @@ def resolve_model_path(cell: Cell) -> str:
 class UnitRunner:
     """Runs work units with llama.cpp. One per worker process."""
 
-    def __init__(self, n_threads: int = 0, retry: RetryPolicy | None = None):
+    def __init__(self, n_threads: int = 0, retry: RetryPolicy | None = None,
+                 speed_flags: tuple[str, ...] = ()):
         self.n_threads = n_threads or _physical_cores()
+        # flags every speed cell of this worker carries: its device is not what it seems
+        # (CPU_TYPE_DEVICE: a Vulkan device that computes on the CPU)
+        self.speed_flags = list(speed_flags)
         self.retry = retry or RetryPolicy()
         self.models = ModelCache()
         self.depth_cache = DepthStateCache()
@@ -209,6 +213,7 @@ class UnitRunner:
                             yield Finished(failure_outcome(cell, started, exc, retrying))
                             started = time.time()
                             raise
+                outcome.flags += [f for f in self.speed_flags if f not in outcome.flags]
                 yield Finished(outcome)
             except llama_api.OutOfMemory:
                 rest = [c.cell_id for c in unit.cells[i + 1 :]]

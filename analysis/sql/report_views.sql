@@ -77,10 +77,11 @@ GROUP BY ALL;
 
 -- Quality against storage cost: mean KL per configuration with its bits per value (the mean of
 -- K's and V's, which hold the same number of values), and whether it is on the Pareto front
--- (no other trusted configuration is at least as cheap and at least as close, and better in one).
+-- (no other trusted configuration is at least as cheap and at least as close, and better in one),
+-- per backend the quality cells ran on (placement.quality_on = "every-backend" runs each on all).
 CREATE OR REPLACE VIEW kl_vs_bits AS
 WITH q AS (
-    SELECT q.model_name, q.n_ctx, q.baseline, q.config, q.type_k, q.type_v, q.kld_mean, q.kld_unc,
+    SELECT q.model_name, q.n_ctx, q.baseline, q.backend, q.config, q.type_k, q.type_v, q.kld_mean, q.kld_unc,
            (ck.bits_per_value + cv.bits_per_value) / 2 AS bits_per_value,
            len(coalesce(q.flags, [])) = 0 AS trusted
     FROM quality q
@@ -91,7 +92,7 @@ SELECT a.*,
        a.trusted AND a.bits_per_value IS NOT NULL AND NOT EXISTS (
            SELECT 1 FROM q b
            WHERE b.model_name = a.model_name AND b.n_ctx = a.n_ctx AND b.baseline = a.baseline
-             AND b.trusted AND b.bits_per_value IS NOT NULL
+             AND b.backend IS NOT DISTINCT FROM a.backend AND b.trusted AND b.bits_per_value IS NOT NULL
              AND b.bits_per_value <= a.bits_per_value AND b.kld_mean <= a.kld_mean
              AND (b.bits_per_value < a.bits_per_value OR b.kld_mean < a.kld_mean)) AS on_front
 FROM q a;
@@ -212,3 +213,43 @@ SELECT q.model_name, q.host_class, q.budget, q.max_kld, q.budget_order, q.candid
 FROM rec_questions q
 LEFT JOIN pick p USING (budget, model_name, host_class)
 LEFT JOIN planned pl USING (model_name, host_class);
+
+-- The same quality cell on two backends (placement.quality_on = "every-backend"): PPL and mean KL
+-- on each, and their differences from per-token paired differences (the same chunk and position
+-- on both), with the standard error of those differences over tokens. A difference of more than
+-- 3 standard errors in nll or KL is beyond the noise: the backends compute it differently.
+CREATE OR REPLACE VIEW cross_backend AS
+WITH q AS (
+    SELECT r.attempt_id, r.model_name, r.config, r.n_ctx, r.baseline, r.backend,
+           len(coalesce(r.flags, [])) = 0 AS trusted
+    FROM results r JOIN plan p USING (cell_id)
+    WHERE r.kind = 'quality' AND r.status = 'ok' AND p.quality_backend <> ''
+), pairs AS (
+    SELECT a.model_name, a.config, a.n_ctx, a.baseline, a.backend AS backend_a, b.backend AS backend_b,
+           a.attempt_id AS attempt_a, b.attempt_id AS attempt_b, a.trusted AND b.trusted AS trusted
+    FROM q a JOIN q b
+      ON a.model_name = b.model_name AND a.config = b.config AND a.n_ctx = b.n_ctx
+     AND a.baseline = b.baseline AND a.backend < b.backend
+), d AS (
+    SELECT p.*, ta.nll AS nll_a, tb.nll AS nll_b, ta.kld AS kld_a, tb.kld AS kld_b
+    FROM pairs p
+    JOIN tokens_raw ta ON ta.attempt_id = p.attempt_a
+    JOIN tokens_raw tb ON tb.attempt_id = p.attempt_b AND tb.chunk = ta.chunk AND tb.pos = ta.pos
+), s AS (
+    SELECT model_name, config, n_ctx, baseline, backend_a, backend_b, trusted,
+           count(*) AS n_tokens,
+           exp(avg(nll_a)) AS ppl_a, exp(avg(nll_b)) AS ppl_b,
+           avg(kld_a) AS kld_a, avg(kld_b) AS kld_b,
+           avg(nll_b - nll_a) AS d_nll,
+           coalesce(stddev_samp(nll_b - nll_a) / sqrt(count(*)), 0) AS d_nll_unc,
+           avg(kld_b - kld_a) AS d_kld,
+           coalesce(stddev_samp(kld_b - kld_a) / sqrt(count(*)), 0) AS d_kld_unc
+    FROM d
+    GROUP BY ALL
+)
+SELECT *,
+       -- PPL_b / PPL_a = exp(mean nll difference): the relative PPL difference, and its error
+       exp(d_nll) - 1 AS ppl_rel_diff,
+       exp(d_nll) * d_nll_unc AS ppl_rel_diff_unc,
+       abs(d_nll) > 3 * d_nll_unc OR abs(d_kld) > 3 * d_kld_unc AS beyond_noise
+FROM s;
