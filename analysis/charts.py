@@ -270,3 +270,36 @@ def kl_vs_bits(model: str, n_ctx: int, baseline: str, rows: list[dict], budgets:
                + (f" Not drawn (bits per value unknown): {', '.join(missing)}." if missing else ""))
     # points are labelled in place: no legend
     return _finish(fig, ax, name, title, caption, configs, legend=False)
+
+
+def kl_vs_position(model: str, n_ctx: int, baseline: str, rows: list[dict], style: dict[str, Style],
+                   name: str) -> Chart:
+    """rows: quality_by_position (config, bucket_lo, bucket_hi, kld_mean, kld_unc) of one model,
+    n_ctx and baseline: mean KL per position bucket, log position axis, one line per configuration."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    configs = [c for c in style if c != baseline and any(r["config"] == c for r in rows)]
+    positive = []
+    for c in configs:
+        mine = sorted((r for r in rows if r["config"] == c), key=lambda r: r["bucket_lo"])
+        # a bucket [lo, hi] is drawn at its geometric middle; a mean KL of 0 has no place on a log axis
+        pts = [(math.sqrt(r["bucket_lo"] * r["bucket_hi"]), r["kld_mean"], r["kld_unc"] or 0)
+               for r in mine if r["kld_mean"] and r["kld_mean"] > 0]
+        if not pts:
+            continue
+        xs, ys, us = zip(*pts)
+        positive += ys
+        low = [min(u, 0.9 * y) for y, u in zip(ys, us)]
+        s = style[c]
+        ax.errorbar(xs, ys, yerr=(low, us), color=s.color, marker=s.marker, markersize=5,
+                    capsize=2, linewidth=1.6, label=c)
+    ax.set_xscale("log", base=2)
+    if positive:
+        ax.set_yscale("log")
+        _plain_log_labels(ax)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt_depth(int(round(v)))))
+    ax.set_xlabel("position in the chunk (power-of-two buckets)")
+    ax.set_ylabel(f"mean KL divergence vs {baseline}")
+    title = f"{model}: KL by position, n_ctx {n_ctx}"
+    caption = (f"Mean KL divergence against the {baseline} cache per position bucket [lo, 2·lo) of the "
+               "scored tokens, one line per configuration; bars are one standard error.")
+    return _finish(fig, ax, name, title, caption, configs)

@@ -114,6 +114,7 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
     if not groups:
         out.append(Paragraph("This sweep has no quality cells."))
     kl_rows = _rows(con, "SELECT * FROM kl_vs_bits")
+    known_twins = query(con, "identical_known")
     for (model, n_ctx, baseline, backend), items in groups.items():
         items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
         table = []
@@ -146,7 +147,13 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
                          f"measured on {', '.join(where)}. ± is one standard error (llama-perplexity's). "
                          "Every statistic: `kvsweep sql RUN_DIR \"SELECT * FROM quality\"`.")
         if any(r["flags"] for r in items):
-            notes.append("† flagged: " + "; ".join(f"{r['config']}: {', '.join(r['flags'])}" for r in items if r["flags"]))
+            notes.append("† flagged: " + "; ".join(_flag_text(r) for r in items if r["flags"]))
+        known = [k for k in known_twins if (k["model_name"], k["n_ctx"], k["baseline"]) == (model, n_ctx, baseline)
+                 and (not backend or k["backend"] == backend)]
+        for k in known:
+            notes.append(f"{k['config_a']} and {k['config_b']} gave bit-identical results: expected on the "
+                         f"{k['backend']} backend with flash attention, whose kernel computes with f16 K and V "
+                         "for both, so not a setting that failed to apply.")
         out.append(Paragraph(" ".join(notes)))
         mine = [k for k in kl_rows if (k["model_name"], k["n_ctx"], k["baseline"]) == (model, n_ctx, baseline)
                 and (not backend or k["backend"] == backend)]
@@ -156,6 +163,100 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
                                       style, _slug("kl-vs-bits", model, n_ctx, baseline, *([backend] if backend else [])))
             chart_list.append(chart)
             out.append(_image(chart))
+    return out
+
+
+def _flag_text(r: dict) -> str:
+    text = f"{r['config']}: {', '.join(r['flags'])}"
+    if r.get("identical_to"):
+        text += (f" (per-token results bit-identical to {', '.join(r['identical_to'])}'s: the cache "
+                 "setting probably did not take effect)")
+    return text
+
+
+def position_section(con, order: list[str], style, chart_list: list[charts.Chart]) -> list[Block]:
+    """Quality by position within the chunk (quality_by_position), where positions were scored
+    from the start of the chunk (quality.score = "all")."""
+    rows = _rows(con, "SELECT * FROM quality_by_position ORDER BY model_name, n_ctx, baseline, backend, bucket_lo")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["backend"]), []).append(r)
+    if not groups:
+        return []
+    out: list[Block] = [Heading("Quality by position in the chunk", 2)]
+    multi_backend = len({k[3] for k in groups}) > 1
+    for (model, n_ctx, baseline, backend), items in groups.items():
+        buckets = sorted({(r["bucket_lo"], r["bucket_hi"]) for r in items})
+        on = f", on {backend}" if multi_backend else ""
+        out.append(Heading(f"{model}, n_ctx {n_ctx}: KL against a {baseline} cache by position{on}", 3))
+        if len(buckets) == 1:
+            out.append(Paragraph(
+                f"Only positions {buckets[0][0]}-{buckets[0][1]} were scored (the second half of each chunk, "
+                "as llama-perplexity scores): one bucket, the quality table above. Set "
+                '`quality.score = "all"` to score every position and read quality by depth.'))
+            continue
+        configs = [c for c in order if c != baseline and any(r["config"] == c for r in items)]
+        configs += sorted({r["config"] for r in items} - set(configs) - {baseline})
+        by = {(r["config"], r["bucket_lo"]): r for r in items}
+        table = []
+        for c in configs:
+            flagged = any(by[(c, lo)]["flags"] for lo, _ in buckets if (c, lo) in by)
+            table.append([c + (" †" if flagged else "")] + [
+                fmt_kl_pm(by[(c, lo)]["kld_mean"], by[(c, lo)]["kld_unc"]) if (c, lo) in by else ""
+                for lo, _ in buckets])
+        n_tok = {lo: max((r["n_tokens"] for r in items if r["bucket_lo"] == lo), default=0) for lo, _ in buckets}
+        out.append(Table(["Cache"] + [f"{fmt_depth(lo)}-{fmt_depth(hi)}" if hi > lo else fmt_depth(lo)
+                                      for lo, hi in buckets],
+                         table, numeric=set(range(1, len(buckets) + 1))))
+        out.append(Paragraph(
+            "Mean KL divergence per position bucket [lo, 2·lo) of the predicted token; ± is one standard "
+            "error over tokens. Tokens per row and bucket: "
+            + ", ".join(f"{fmt_depth(lo)}: {n_tok[lo]}" for lo, _ in buckets)
+            + ". Every statistic (Δp, same top, PPL): `kvsweep sql RUN_DIR \"SELECT * FROM quality_by_position\"`."))
+        chart = charts.kl_vs_position(model, n_ctx, baseline, items, style,
+                                      _slug("kl-by-position", model, n_ctx, baseline, *([backend] if multi_backend else [])))
+        chart_list.append(chart)
+        out.append(_image(chart))
+    return out
+
+
+def generation_section(con, order: list[str]) -> list[Block]:
+    """Generation agreement (generation_agreement) next to mean KL."""
+    rows = _rows(con, "SELECT g.*, q.kld_mean, q.kld_unc FROM generation_agreement g "
+                      "LEFT JOIN quality q USING (cell_id) ORDER BY model_name, n_ctx, baseline, backend, depth")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["backend"]), []).append(r)
+    if not groups:
+        return []
+    out: list[Block] = [Heading("Generation agreement", 2)]
+    multi_backend = len({k[3] for k in groups}) > 1
+    for (model, n_ctx, baseline, backend), items in groups.items():
+        depths = sorted({r["depth"] for r in items})
+        n_gen = items[0]["gen_tokens"]
+        configs = [c for c in order if c != baseline and any(r["config"] == c for r in items)]
+        configs += sorted({r["config"] for r in items} - set(configs) - {baseline})
+        by = {(r["config"], r["depth"]): r for r in items}
+        table = []
+        for c in configs:
+            first = next(r for r in items if r["config"] == c)
+            row = [c + (" †" if first["flags"] else ""), fmt_kl_pm(first["kld_mean"], first["kld_unc"])]
+            for d in depths:
+                g = by.get((c, d))
+                row.append("" if g is None else
+                           f"{g['first_diff_mean']:.1f} ± {g['first_diff_unc']:.1f} · {100 * g['equal_mean']:.0f}%")
+            table.append(row)
+        on = f", on {backend}" if multi_backend else ""
+        out.append(Heading(f"{model}, n_ctx {n_ctx}: greedy continuations against a {baseline} cache{on}", 3))
+        out.append(Table(["Cache", f"KL vs {baseline}"] + [f"after {fmt_depth(d)} tokens" for d in depths],
+                         table, numeric=set(range(1, len(depths) + 2))))
+        n_prompts = max(r["n_prompts"] for r in items)
+        out.append(Paragraph(
+            f"Each cache greedily continues {n_prompts} corpus prompt(s) per depth for {n_gen} tokens; per "
+            "depth: the mean index of the first token that differs from the baseline's continuation (± one "
+            f"standard error; {n_gen} = never), then the share of positions with the baseline's token. KL scores "
+            "each position on the baseline's own history; here one different token changes all that follows. "
+            "Per prompt: `kvsweep sql RUN_DIR \"SELECT config, gen_depth, gen_first_diff, gen_equal FROM results\"`."))
     return out
 
 
@@ -321,6 +422,8 @@ def build(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) 
         blocks = header_section(con, run_dir)
         blocks += recommendations_section(con, budgets, tests)
         blocks += quality_section(con, order, style, budgets, chart_list)
+        blocks += position_section(con, order, style, chart_list)
+        blocks += generation_section(con, order)
         blocks += cross_backend_section(con, order)
         blocks += speed_sections(con, order, style, tests, chart_list)
         blocks += failures_section(con)

@@ -50,12 +50,21 @@ class Cell:
     corpus_sha256: str = ""
     baseline: str = ""  # cache type of the reference context (f16, bf16, f32)
     quality_backend: str = ""  # "" = any backend; else run quality on this backend
+    # which positions of a chunk are scored: "" = the second half (llama-perplexity), "all" =
+    # every position from the first, so quality can be read by depth within the chunk
+    score: str = ""
+    # generation agreement: greedy-decode gen_tokens tokens after prompts of each depth in
+    # gen_depths (comma-separated), gen_prompts prompts per depth; 0 tokens = not measured
+    gen_tokens: int = 0
+    gen_depths: str = ""
+    gen_prompts: int = 0
     # speed cells
     n_depth: int = 0
     n_prompt: int = 0
     n_gen: int = 0
     repetitions: int = 0
     host_class: str = ""  # speed results belong to a host class
+    fill: str = ""  # what fills the cache to n_depth: "" = random tokens (llama-bench), "corpus"
     cell_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -92,10 +101,15 @@ _NOT_IDENTITY = {"model_name", "model_path", "corpus_path", "cell_id", "model_re
 
 _FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _IDENTITY_NAMES = tuple(n for n in _FIELD_NAMES if n not in _NOT_IDENTITY)
+# Fields added after results existed enter the id only when set, so a run made before them
+# keeps its cell ids (and resumes) as long as it does not use them.
+_DEFAULTS = {f.name: f.default for f in fields(Cell)}
+_ID_WHEN_SET = {"score", "gen_tokens", "gen_depths", "gen_prompts", "fill"}
 
 
 def compute_cell_id(cell: Cell) -> str:
-    ident = {name: getattr(cell, name) for name in _IDENTITY_NAMES}
+    ident = {name: getattr(cell, name) for name in _IDENTITY_NAMES
+             if name not in _ID_WHEN_SET or getattr(cell, name) != _DEFAULTS[name]}
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -98,6 +98,9 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("n_prompt", pa.int32()),
         ("n_gen", pa.int32()),
         ("repetitions", pa.int32()),
+        ("score", pa.string()),  # '' = second half of each chunk (llama-perplexity), 'all'
+        ("gen_tokens", pa.int32()),  # generation agreement: tokens decoded per prompt
+        ("fill", pa.string()),  # speed: '' = random tokens fill the depth, 'corpus' = corpus text
         # provenance
         ("kvsweep_version", pa.string()),
         ("llama_cpp_python_version", pa.string()),
@@ -142,6 +145,15 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("ppl_base", pa.float64()),
         ("kld_mean", pa.float64()),
         ("same_top_p", pa.float64()),
+        # sha256 of the per-token nll and kld values, to find configurations whose results are
+        # bit-identical (a setting that did not take effect); NULL when there are no tokens
+        ("tokens_digest", pa.string()),
+        # generation agreement, one entry per prompt: its depth (prompt length), the index of
+        # the first generated token that differs from the baseline's (gen_tokens = none), and
+        # the share of generated positions whose token equals the baseline's
+        ("gen_depth", pa.list_(pa.int32())),
+        ("gen_first_diff", pa.list_(pa.int32())),
+        ("gen_equal", pa.list_(pa.float64())),
         # speed (llama-bench)
         ("test_time", pa.string()),
         ("avg_ns", pa.int64()),

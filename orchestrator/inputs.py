@@ -38,6 +38,8 @@ class ResolvedInputs:
     corpus_sha256: str = ""
     corpus_text: str = ""
     corpus_tokens: dict[str, int] = field(default_factory=dict)  # model name -> tokens
+    fill_path: str = ""  # speed.fill = "corpus": the text that fills the cache
+    fill_sha256: str = ""
     problems: list[str] = field(default_factory=list)  # each names the file, the key and the fix
     warnings: list[str] = field(default_factory=list)  # runs, but probably not what was meant
 
@@ -86,6 +88,15 @@ def resolve_inputs(matrix: Matrix, check_corpus_length: bool = True) -> Resolved
     q = matrix.quality
     if q is not None:
         _read_corpus(matrix, out)
+    s = matrix.speed
+    if s is not None and s.fill == "corpus":
+        if s.corpus is not None:
+            out.fill_path, out.fill_sha256 = _check_text(src, "speed.corpus", s.corpus, out.problems)
+        elif q is not None:
+            out.fill_path, out.fill_sha256 = out.corpus_path, out.corpus_sha256
+        else:
+            out.problems.append(f"{src}: [speed.fill] \"corpus\" needs a text -> set speed.corpus, "
+                                "or [quality].corpus")
     _check_models(matrix, out, count_corpus=check_corpus_length and bool(out.corpus_text))
     return out
 
@@ -105,6 +116,19 @@ def _read_corpus(matrix: Matrix, out: ResolvedInputs) -> None:
         out.corpus_text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         out.problems.append(f"{src}: [quality.corpus] {q.corpus} is not UTF-8 text ({exc}) -> convert it")
+
+
+def _check_text(src, key: str, path: Path, problems: list[str]) -> tuple[str, str]:
+    """(path, sha256) of a text file the matrix names; a problem when it is not one."""
+    if not path.is_file():
+        what = "is a directory, not a text file" if path.exists() else "is missing"
+        problems.append(f"{src}: [{key}] {path} {what} -> fix the path")
+        return str(path), ""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{src}: [{key}] {path} is not UTF-8 text ({exc}) -> convert it")
+    return str(path), file_sha256(path)
 
 
 def _not_gguf(path: Path) -> str:

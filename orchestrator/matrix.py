@@ -33,6 +33,8 @@ LIMITS = {
 }
 MAX_SECONDS = 30 * 24 * 3600.0  # cell_timeout_s, oom_backoff_s
 QUALITY_PLACEMENTS = ("any", "every-backend")
+SCORES = ("second-half", "all")
+FILLS = ("random", "corpus")
 
 
 class MatrixError(ValueError):
@@ -60,6 +62,17 @@ class QualitySpec:
     n_batch: int = 512
     n_ubatch: int = 512
     max_contexts: int = 4  # compared contexts alive next to one baseline pass
+    score: str = ""  # "" = second half of each chunk (llama-perplexity); "all" = every position
+    generation: GenerationSpec | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Generation agreement: greedy continuations of corpus prompts, compared with the baseline's."""
+
+    tokens: int = 32  # tokens generated after each prompt
+    depths: tuple[int, ...] = (64,)  # prompt lengths (the cache's depth when generation starts)
+    prompts: int = 4  # prompts per depth, each from its own chunk of the corpus
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class SpeedSpec:
     repetitions: int = 5
     n_batch: int = 2048
     n_ubatch: int = 512
+    fill: str = "random"  # what fills the cache to each depth: "random" tokens or "corpus" text
+    corpus: Path | None = None  # the text for fill = "corpus" (default: [quality].corpus)
 
 
 @dataclass(frozen=True)
@@ -266,7 +281,7 @@ def load_matrix(path: str | Path, builds: list[BuildTypes] | None = None) -> Mat
         for name, message, fix in type_problems(configs, builds):
             r.problem(r.type_keys.get(name, "cache"), message, fix)
     quality = _quality(r, top["quality"], path.resolve().parent) if top["quality"] is not None else None
-    speed = _speed(r, top["speed"]) if top["speed"] is not None else None
+    speed = _speed(r, top["speed"], path.resolve().parent) if top["speed"] is not None else None
     if top["quality"] is None and top["speed"] is None:
         r.problem("quality/speed", "the matrix measures nothing", "add a [quality] or a [speed] table (or both)")
     retry = _retry(r, top["retry"])
@@ -427,7 +442,7 @@ def _configs(r: _Reader, value, runtime: RuntimeSpec) -> list[tuple[str, str]]:
 def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
     t = r.table(_as_table(r, value, "quality"), "quality", {
         "corpus": None, "n_ctx": [512], "max_chunks": 0, "baseline": "f16", "n_batch": 512,
-        "n_ubatch": 512, "max_contexts": 4})
+        "n_ubatch": 512, "max_contexts": 4, "score": "second-half", "generation": None})
     corpus = t["corpus"]
     if not isinstance(corpus, str) or not corpus:
         r.problem("quality.corpus", "needs a text file to measure perplexity on",
@@ -442,16 +457,40 @@ def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
     baseline = r.cache_type(t["baseline"], "quality.baseline", cache_types.BASELINE_TYPES)
     values = {k: r.positive(t[k], f"quality.{k}", allow_zero=k == "max_chunks")
               for k in ("max_chunks", "n_batch", "n_ubatch", "max_contexts")}
+    if t["score"] not in SCORES:
+        r.problem("quality.score", f"must be one of {', '.join(SCORES)}, got {t['score']!r}",
+                  '"all" scores every position of a chunk, for quality by depth (docs/measurement.md)')
+    generation = _generation(r, t["generation"], n_ctx) if t["generation"] is not None else None
     if None in values.values() or not n_ctx or not baseline:
         return None
-    return QualitySpec(corpus=corpus_path, n_ctx=n_ctx, baseline=baseline, **values)
+    return QualitySpec(corpus=corpus_path, n_ctx=n_ctx, baseline=baseline,
+                       score="all" if t["score"] == "all" else "", generation=generation, **values)
 
 
-def _speed(r: _Reader, value) -> SpeedSpec | None:
+def _generation(r: _Reader, value, n_ctx: tuple[int, ...]) -> GenerationSpec | None:
+    d = GenerationSpec()
+    t = r.table(_as_table(r, value, "quality.generation"), "quality.generation",
+                {"tokens": d.tokens, "depths": list(d.depths), "prompts": d.prompts})
+    tokens = r.positive(t["tokens"], "quality.generation.tokens")
+    prompts = r.positive(t["prompts"], "quality.generation.prompts")
+    depths = r.int_list(t["depths"], "quality.generation.depths", "depths = [64, 1024]")
+    if tokens is None or prompts is None or not depths:
+        return None
+    for n in n_ctx:
+        too_deep = [dp for dp in depths if dp + tokens > n]
+        if too_deep:
+            r.problem("quality.generation.depths", f"{too_deep} + {tokens} tokens do not fit n_ctx {n}",
+                      "use depths of at most n_ctx - tokens")
+            return None
+    return GenerationSpec(tokens=tokens, depths=depths, prompts=prompts)
+
+
+def _speed(r: _Reader, value, base: Path) -> SpeedSpec | None:
     d = SpeedSpec()
     t = r.table(_as_table(r, value, "speed"), "speed", {
         "depths": list(d.depths), "n_prompt": d.n_prompt, "n_gen": d.n_gen,
-        "repetitions": d.repetitions, "n_batch": d.n_batch, "n_ubatch": d.n_ubatch})
+        "repetitions": d.repetitions, "n_batch": d.n_batch, "n_ubatch": d.n_ubatch,
+        "fill": d.fill, "corpus": None})
     depths = r.int_list(t["depths"], "speed.depths", "depths = [0, 8192, 65536]", allow_zero=True)
     values = {k: r.positive(t[k], f"speed.{k}", allow_zero=k in ("n_prompt", "n_gen"))
               for k in ("n_prompt", "n_gen", "repetitions", "n_batch", "n_ubatch")}
@@ -460,7 +499,18 @@ def _speed(r: _Reader, value) -> SpeedSpec | None:
     if values["n_prompt"] == 0 and values["n_gen"] == 0:
         r.problem("speed", "n_prompt and n_gen are both 0: nothing to time", "set n_prompt = 512, n_gen = 128")
         return None
-    return SpeedSpec(depths=depths, **values)
+    if t["fill"] not in FILLS:
+        r.problem("speed.fill", f"must be one of {', '.join(FILLS)}, got {t['fill']!r}",
+                  '"random" as llama-bench; "corpus" fills the cache with the corpus\'s text')
+        return None
+    corpus = None
+    if t["corpus"] is not None:
+        if not isinstance(t["corpus"], str) or not t["corpus"]:
+            r.problem("speed.corpus", "must be a text file's path", 'e.g. corpus = "corpora/demo.txt"')
+            return None
+        corpus = Path(t["corpus"]).expanduser()
+        corpus = corpus if corpus.is_absolute() else base / corpus
+    return SpeedSpec(depths=depths, fill=t["fill"], corpus=corpus, **values)
 
 
 def _runtime(r: _Reader, value) -> RuntimeSpec:

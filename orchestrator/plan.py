@@ -44,6 +44,9 @@ def expand(
         )
         q = matrix.quality
         if q is not None:
+            g = q.generation
+            generation = dict(gen_tokens=g.tokens, gen_depths=",".join(map(str, g.depths)),
+                              gen_prompts=g.prompts) if g else {}
             configs = list(matrix.configs)
             # the reference's own row; against f32 also f16 and bf16, which is where a 16-bit
             # cache's own loss shows (the Qwen3.5 f16-vs-bf16 finding, shared/seeds/000)
@@ -58,10 +61,12 @@ def expand(
                             kind=QUALITY, type_k=k, type_v=v, n_ctx=n_ctx, max_chunks=q.max_chunks,
                             corpus_path=inputs.corpus_path, corpus_sha256=inputs.corpus_sha256,
                             baseline=q.baseline, n_batch=q.n_batch, n_ubatch=q.n_ubatch,
-                            quality_backend=backend, **who, **common,
+                            quality_backend=backend, score=q.score, **generation, **who, **common,
                         ))
         s = matrix.speed
         if s is not None:
+            fill = dict(fill="corpus", corpus_path=inputs.fill_path,
+                        corpus_sha256=inputs.fill_sha256) if s.fill == "corpus" else {}
             tests = [(PROMPT, s.n_prompt, 0)] if s.n_prompt else []
             tests += [(GENERATION, 0, s.n_gen)] if s.n_gen else []
             for host_class in speed_classes:
@@ -71,7 +76,7 @@ def expand(
                             cells.append(Cell(
                                 kind=kind, type_k=k, type_v=v, n_depth=depth, n_prompt=n_prompt,
                                 n_gen=n_gen, repetitions=s.repetitions, n_batch=s.n_batch,
-                                n_ubatch=s.n_ubatch, host_class=host_class, **who, **common,
+                                n_ubatch=s.n_ubatch, host_class=host_class, **fill, **who, **common,
                             ))
     return cells
 
@@ -82,12 +87,13 @@ def _unit_id(cells: list[Cell]) -> str:
 
 def quality_group_key(c: Cell) -> tuple:
     return (c.model_sha256, c.corpus_sha256, c.n_ctx, c.max_chunks, c.baseline, c.n_batch,
-            c.n_ubatch, c.flash_attn, c.n_threads, c.env, c.n_gpu_layers, c.quality_backend)
+            c.n_ubatch, c.flash_attn, c.n_threads, c.env, c.n_gpu_layers, c.quality_backend,
+            c.score, c.gen_tokens, c.gen_depths, c.gen_prompts)
 
 
 def speed_series_key(c: Cell) -> tuple:
     return (c.model_sha256, c.type_k, c.type_v, c.host_class, c.flash_attn, c.n_batch,
-            c.n_ubatch, c.n_threads, c.env, c.n_gpu_layers)
+            c.n_ubatch, c.n_threads, c.env, c.n_gpu_layers, c.fill, c.corpus_sha256)
 
 
 def make_units(cells: Iterable[Cell], max_contexts: int = 4) -> list[WorkUnit]:

@@ -543,7 +543,8 @@ def attempt_row(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | Non
     }
     for name in ("model_name", "model_sha256", "type_k", "type_v", "flash_attn", "n_gpu_layers",
                  "n_batch", "n_ubatch", "env", "n_ctx", "max_chunks", "corpus_sha256", "baseline",
-                 "n_depth", "n_prompt", "n_gen", "repetitions", "host_class"):
+                 "n_depth", "n_prompt", "n_gen", "repetitions", "host_class", "score", "gen_tokens",
+                 "fill"):
         row[name] = getattr(cell, name)
     if slot is not None:
         row.update(slot.row_fields())

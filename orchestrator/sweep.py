@@ -120,6 +120,8 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
         result = SweepResult(run_dir.path, len(cells), len(todo))
         if todo:
             corpora = {inputs.corpus_sha256: ray.put(inputs.corpus_text)} if inputs.corpus_text else {}
+            if inputs.fill_sha256 and inputs.fill_sha256 not in corpora:  # speed.fill = "corpus"
+                corpora[inputs.fill_sha256] = ray.put(Path(inputs.fill_path).read_text(encoding="utf-8"))
             progress = ProgressView(len(cells), len(cells) - len(todo), live=opts.progress)
             sink = ResultSink(run_dir, session, opts.flush_interval_s)
             known = {s.worker_id for s in slots}

@@ -132,3 +132,31 @@ def test_long_enough_corpus_passes(tmp_path):
 def test_measures_nothing(tmp_path):
     problems = problems_of(tmp_path, GOOD.split("[quality]")[0])
     assert any("measures nothing" in p for p in problems)
+
+
+def test_scoring_generation_and_fill_settings_are_checked(tmp_path):
+    problems = problems_of(tmp_path, GOOD + 'score = "first-half"\n'
+                           'generation = { tokens = 64, depths = [100], prompts = 2 }\n'
+                           '[speed]\nfill = "text"\n')
+    assert any("[quality.score]" in p and "second-half, all" in p for p in problems)
+    assert any("[quality.generation.depths]" in p and "[100] + 64 tokens do not fit n_ctx 128" in p
+               for p in problems)
+    assert any("[speed.fill]" in p and "random, corpus" in p for p in problems)
+    problems = problems_of(tmp_path, GOOD + 'generation = { tokens = 8, depth = [16] }\n')
+    assert any("[quality.generation.depth]" in p and "did you mean 'depths'?" in p for p in problems)
+
+
+def test_a_corpus_fill_needs_a_text(tmp_path):
+    speed_only = GOOD.split("[quality]")[0] + '[speed]\nfill = "corpus"\n'
+    inputs = resolve_inputs(load_matrix(write_matrix(tmp_path / "m.toml", speed_only)))
+    assert any("[speed.fill]" in p and "set speed.corpus" in p for p in inputs.problems)
+    inputs = resolve_inputs(load_matrix(write_matrix(tmp_path / "m.toml", speed_only + 'corpus = "nope.txt"\n')))
+    assert any("[speed.corpus]" in p and "nope.txt is missing" in p for p in inputs.problems)
+    # with a [quality] corpus, the fill uses it, and speed cells carry it in their identity
+    m = load_matrix(write_matrix(tmp_path / "m.toml", GOOD + '[speed]\nfill = "corpus"\n'))
+    inputs = resolve_inputs(m)
+    assert inputs.problems == [] and inputs.fill_sha256 == inputs.corpus_sha256
+    from kvsweep.orchestrator.plan import expand
+
+    speed = [c for c in expand(m, inputs, ["x"]) if c.kind != "quality"]
+    assert speed and all(c.fill == "corpus" and c.corpus_sha256 == inputs.corpus_sha256 for c in speed)

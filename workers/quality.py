@@ -14,6 +14,7 @@ is scored: logits at positions first = n_ctx // 2 .. n_ctx - 2 predict the next 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Generator
@@ -23,7 +24,7 @@ import numpy as np
 
 from kvsweep import records
 from kvsweep.cells import Cell
-from kvsweep.workers import faults, llama_api, probe
+from kvsweep.workers import faults, generation, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 from kvsweep.workers.kl_math import Reducer
 from kvsweep.workers.failures import ExpectedFailure, failure_outcome
@@ -57,6 +58,7 @@ class _Compared:
     parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
     failure: records.CellOutcome | None = None
     nonfinite: bool = False
+    agreement: generation.Agreement | None = None
 
 
 def run_quality_group(
@@ -77,11 +79,14 @@ def run_quality_group(
     cell's outcome and the others go on.
     """
     head = cells[0]
-    n_ctx, first = head.n_ctx, head.n_ctx // 2
+    # llama-perplexity scores the second half of each chunk; score = "all" scores from the start
+    n_ctx, first = head.n_ctx, (0 if head.score == "all" else head.n_ctx // 2)
     started = time.time()
     n_chunk = chunk_count(len(tokens), n_ctx, head.max_chunks)
     piece = min(head.n_batch, n_ctx)
     add_bos, bos = model.info.add_bos, model.info.bos
+    gen_prompts = generation.prompts(head, tokens, n_chunk, add_bos, bos)
+    n_steps = n_chunk + len(gen_prompts)
 
     def settings(type_k: str, type_v: str) -> llama_api.ContextSettings:
         return llama_api.ContextSettings(
@@ -161,8 +166,10 @@ def run_quality_group(
                         c.failure = failure_outcome(c.cell, started, exc)
                 if n_score and not np.isfinite(base_rows.nll).all():
                     raise FloatingPointError("the baseline produced NaN or infinite logits")
-            yield (chunk + 1, n_chunk)
+            yield (chunk + 1, n_steps)
 
+        yield from _generation_agreement(base, live, gen_prompts, head.gen_tokens, started,
+                                         split_on_oom, n_chunk, n_steps)
         finished = time.time()
         fallback = fallback or shared_check()
         alive = 1 + sum(1 for c in compared if c.ctx is not None)
@@ -175,6 +182,28 @@ def run_quality_group(
             if c.ctx is not None:
                 c.ctx.close()
         base.close()
+
+
+def _generation_agreement(base, live, gen_prompts, n_gen, started, split_on_oom, done, total):
+    """Greedy continuations of the prompts with the baseline, then with every compared context
+    (generation.py); the baseline configuration's own cell agrees with itself by definition."""
+    if not gen_prompts:
+        return
+    for c in live:
+        c.agreement = generation.Agreement()
+    for j, p in enumerate(gen_prompts):
+        reference = generation.greedy(base, p.tokens, n_gen)
+        for c in live:
+            if c.failure is not None:
+                continue
+            try:
+                other = reference if c.ctx is None else generation.greedy(c.ctx, p.tokens, n_gen)
+                c.agreement.add(p.depth, reference, other)
+            except llama_api.LlamaError as exc:
+                if split_on_oom and isinstance(exc, llama_api.OutOfMemory):
+                    raise
+                c.failure = failure_outcome(c.cell, started, exc)
+        yield (done + j + 1, total)
 
 
 def _identity_scores(nll: np.ndarray):
@@ -202,6 +231,10 @@ def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
 def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_contexts) -> records.CellOutcome:
     cols = {k: np.concatenate(v) for k, v in c.parts.items()}
     nll, nll_base = cols["nll"], cols["nll_base"]
+    # bit-identical results of two configurations mean one setting did not take effect
+    # (analysis/sql/views.sql matches digests across cells)
+    digest = hashlib.sha256(np.ascontiguousarray(nll, np.float64).tobytes()
+                            + np.ascontiguousarray(cols["kld"], np.float64).tobytes()).hexdigest()
     ppl, ppl_base = float(np.exp(nll.mean())), float(np.exp(nll_base.mean()))
     flags, status = [], records.OK
     if c.nonfinite:
@@ -230,6 +263,8 @@ def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_co
             "ppl_base": ppl_base,
             "kld_mean": float(cols["kld"].mean()),
             "same_top_p": float(cols["same_top"].mean()),
+            "tokens_digest": digest,
+            **(c.agreement.metrics() if c.agreement else {}),
         },
         facts={**columns, **probe.run_facts(ctx.model.path), "unit_contexts": unit_contexts},
         tokens=cols,

@@ -121,7 +121,8 @@ class UnitRunner:
     def run(self, unit: WorkUnit, corpora: dict[str, str] | None = None) -> Iterator[object]:
         env = _apply_env(unit.cells[0].env) if unit.cells else {}
         try:
-            inner = self._run_quality(unit, corpora or {}) if unit.kind == QUALITY else self._run_speed(unit)
+            inner = (self._run_quality(unit, corpora or {}) if unit.kind == QUALITY
+                     else self._run_speed(unit, corpora or {}))
             for event in inner:
                 if isinstance(event, Finished) and self.models.model is not None:
                     info = self.models.model.info
@@ -196,17 +197,18 @@ class UnitRunner:
         return self._reducers[n_vocab]
 
     # -- speed -----------------------------------------------------------------------------
-    def _run_speed(self, unit: WorkUnit) -> Iterator[object]:
+    def _run_speed(self, unit: WorkUnit, corpora: dict[str, str]) -> Iterator[object]:
         for i, cell in enumerate(unit.cells):
             started = time.time()
             try:
                 model = self.models.get(cell)
+                fill = self._corpus_tokens(model, cell, corpora) if cell.fill == "corpus" else None
                 for attempt in self._oom_retrying():
                     with attempt:
                         try:
                             faults.maybe_inject(cell)
                             outcome = run_speed_cell(
-                                model, cell, self._threads(cell), self.depth_cache
+                                model, cell, self._threads(cell), self.depth_cache, fill_tokens=fill
                             )
                         except llama_api.OutOfMemory as exc:
                             retrying = attempt.retry_state.attempt_number <= self.retry.oom_retries

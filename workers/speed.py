@@ -53,9 +53,9 @@ class DepthStateCache:
         self.key, self.depth, self.state = key, depth, state
 
 
-def fill_depth(ctx: llama_api.Context, n_depth: int, n_batch: int, rand: RandomTokens,
+def fill_depth(ctx: llama_api.Context, n_depth: int, n_batch: int, rand: RandomTokens | CorpusTokens,
                cache: DepthStateCache, key: tuple) -> None:
-    """Bring the (cleared) cache to n_depth random tokens, untimed, reusing a saved fill."""
+    """Bring the (cleared) cache to n_depth random (or corpus) tokens, untimed, reusing a saved fill."""
     have = 0
     saved = cache.get(key, n_depth)
     if saved is not None:
@@ -69,6 +69,24 @@ def fill_depth(ctx: llama_api.Context, n_depth: int, n_batch: int, rand: RandomT
         cache.put(key, n_depth, ctx.save_state())
 
 
+class CorpusTokens:
+    """Consecutive corpus tokens, for `speed.fill = "corpus"`: attention over real text, which
+    kernels whose work depends on the attention pattern (a fork's sparse-V decode) see
+    differently from random tokens. Wraps around at the corpus's end."""
+
+    def __init__(self, tokens: np.ndarray):
+        if len(tokens) == 0:
+            raise ValueError("the fill corpus tokenizes to no tokens")
+        self.tokens = np.asarray(tokens, np.int32)
+        self.at = 0
+
+    def take(self, n: int) -> np.ndarray:
+        reps = -(-(self.at + n) // len(self.tokens))
+        out = np.tile(self.tokens, reps)[self.at : self.at + n] if reps > 1 else self.tokens[self.at : self.at + n]
+        self.at = (self.at + n) % len(self.tokens)
+        return out.copy()
+
+
 class RandomTokens:
     """Random token ids as llama-bench draws them (std::rand() % n_vocab), seeded."""
 
@@ -80,7 +98,7 @@ class RandomTokens:
         return self.rng.integers(0, self.n_vocab, size=n, dtype=np.int32)
 
 
-def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: RandomTokens,
+def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: RandomTokens | CorpusTokens,
                 first_bos: bool = True) -> None:
     """llama-bench's test_prompt: decode n_prompt random tokens in n_batch pieces."""
     info = ctx.model.info
@@ -95,6 +113,16 @@ def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: Rando
         pos += n
         done += n
     ctx.synchronize()
+
+
+def _resume_at(source, cache: DepthStateCache, key: tuple, n_depth: int):
+    """A corpus source positioned after the tokens a saved fill already holds, so an extended
+    fill continues the text instead of starting it again (random tokens need no position)."""
+    if isinstance(source, CorpusTokens):
+        saved = cache.get(key, n_depth)
+        if saved is not None:
+            source.take(saved[1])
+    return source
 
 
 def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
@@ -116,7 +144,10 @@ def run_speed_cell(
     n_threads: int,
     depth_cache: DepthStateCache,
     fallback: FallbackCheck | None = None,
+    fill_tokens: np.ndarray | None = None,
 ) -> records.CellOutcome:
+    """One pp or tg cell. `fill_tokens`: the corpus's tokens when the cell fills its depth with
+    text (cell.fill == "corpus"); the timed tokens stay random, as llama-bench's."""
     started = time.time()
     fallback = fallback or shared_check()
     n_prompt = cell.n_prompt if cell.kind == PROMPT else 0
@@ -140,13 +171,17 @@ def run_speed_cell(
             test_prompt(ctx, n_prompt, cell.n_batch, rand)
         if n_gen:
             test_gen(ctx, 1, rand)
-        key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch, cell.n_ubatch)
+        key = (model.path, cell.type_k, cell.type_v, cell.flash_attn, cell.n_batch, cell.n_ubatch,
+               cell.fill, cell.corpus_sha256)
+        # the same text at every depth and repetition: a deeper fill extends the shallower one
+        filler = (lambda: CorpusTokens(fill_tokens)) if fill_tokens is not None else (lambda: rand)
         samples_ns: list[int] = []
         finite = True
         for _ in range(cell.repetitions):
             ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
             if cell.n_depth:
-                fill_depth(ctx, cell.n_depth, cell.n_batch, rand, depth_cache, key)
+                fill_depth(ctx, cell.n_depth, cell.n_batch, _resume_at(filler(), depth_cache, key, cell.n_depth),
+                           depth_cache, key)
             t0 = time.perf_counter_ns()
             if n_prompt:
                 test_prompt(ctx, n_prompt, cell.n_batch, rand)

@@ -2,7 +2,7 @@
 -- per model, n_ctx, baseline (and the backend a per-backend cell was planned for). Every planned quality cell has a row; status says whether its
 -- figures exist (the statistics are NULL unless it ran ok).
 SELECT p.model_name, p.n_ctx, p.baseline, p.quality_backend, p.config, p.type_k, p.type_v,
-       coalesce(r.status, 'missing') AS status, coalesce(r.flags, []) AS flags,
+       coalesce(r.status, 'missing') AS status, coalesce(r.flags, []) AS flags, r.identical_to,
        k.bits_per_value,
        q.ppl, q.ppl_unc, q.ln_ppl_ratio, q.ln_ppl_ratio_unc, q.kld_mean, q.kld_unc, q.kld_p99,
        q.same_top_p, q.same_top_unc, q.n_tokens, q.n_chunks, r.host, r.host_class

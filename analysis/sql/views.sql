@@ -17,7 +17,7 @@ FROM plan_raw;
 -- else the latest final attempt. Attempts the worker retried itself ('oom-retrying') never
 -- count, nor do quality attempts whose per-token rows went to results/quarantine/ (table
 -- lost_tokens). Cells dropped from the matrix are not here (see attempts for them).
-CREATE OR REPLACE VIEW results AS
+CREATE OR REPLACE VIEW counted AS
 SELECT a.*
 FROM attempts a
 WHERE a.cell_id IN (SELECT cell_id FROM plan)
@@ -26,6 +26,29 @@ WHERE a.cell_id IN (SELECT cell_id FROM plan)
 QUALIFY row_number() OVER (
     PARTITION BY a.cell_id
     ORDER BY (a.status = 'ok') DESC, a.finished_at DESC, a.attempt DESC) = 1;
+
+-- Quality cells of different configurations whose per-token nll and kld are bit-identical
+-- (same tokens_digest) did not measure different caches: a setting did not take effect (a
+-- published asymmetric K/V sweep matched its symmetric one to six decimals). Each gets the
+-- flag 'identical-results' and `identical_to` lists the others. Except pairs known to be
+-- identical: on the CPU backend with flash attention, f16 and f32 caches give the same logits
+-- (its kernel computes in f16 either way), so those are not flagged (docs/reports.md).
+CREATE OR REPLACE VIEW identical_results AS
+SELECT a.attempt_id, list(DISTINCT b.config ORDER BY b.config) AS identical_to
+FROM counted a JOIN counted b
+  ON a.tokens_digest = b.tokens_digest AND a.config <> b.config
+WHERE a.kind = 'quality' AND a.status = 'ok' AND b.kind = 'quality' AND b.status = 'ok'
+  AND NOT (a.backend = 'CPU' AND coalesce(a.flash_attn_enabled, false)
+           AND a.type_k IN ('f16', 'f32') AND a.type_v IN ('f16', 'f32')
+           AND b.type_k IN ('f16', 'f32') AND b.type_v IN ('f16', 'f32'))
+GROUP BY a.attempt_id;
+
+CREATE OR REPLACE VIEW results AS
+SELECT c.* REPLACE (
+           CASE WHEN i.identical_to IS NULL THEN c.flags
+                ELSE list_append(coalesce(c.flags, []), 'identical-results') END AS flags),
+       i.identical_to
+FROM counted c LEFT JOIN identical_results i USING (attempt_id);
 
 -- Every planned cell with where it stands; status 'missing' when nothing has been recorded.
 CREATE OR REPLACE VIEW cell_status AS
@@ -40,6 +63,57 @@ CREATE OR REPLACE VIEW tokens AS
 SELECT t.*, r.model_name, r.config, r.type_k, r.type_v, r.n_ctx, r.baseline, r.host,
        r.host_class, r.backend
 FROM tokens_raw t JOIN results r USING (attempt_id);
+
+-- Quality by position within the chunk: the scored tokens of each cell in power-of-two
+-- buckets of their position [lo, 2 lo) (pos is the position of the predicted token), with the
+-- same statistics and uncertainties as the quality view per bucket. With llama-perplexity's
+-- scoring (the second half of each chunk) every token falls in the bucket [n_ctx/2, n_ctx);
+-- quality.score = "all" scores every position, so the buckets run 1, 2, 4, ... n_ctx/2.
+CREATE OR REPLACE VIEW quality_by_position AS
+WITH t AS (
+    SELECT r.cell_id, r.model_name, r.config, r.type_k, r.type_v, r.n_ctx, r.baseline,
+           r.backend, r.host_class, r.flags, t.chunk, t.nll, t.nll_base, t.kld, t.dp, t.same_top,
+           (1 << CAST(floor(log2(t.pos) + 1e-9) AS INTEGER))::INTEGER AS bucket_lo
+    FROM results r JOIN tokens_raw t USING (attempt_id)
+    WHERE r.kind = 'quality' AND r.status = 'ok' AND t.pos >= 1
+), s AS (
+    SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, backend, host_class,
+           flags, bucket_lo, count(*) AS n_tokens, count(DISTINCT chunk) AS n_chunks,
+           avg(nll) AS nll, stddev_samp(nll) AS nll_sd, avg(nll_base) AS nllb,
+           avg(kld) AS kld, stddev_samp(kld) AS kld_sd,
+           avg(dp) AS dp, stddev_samp(dp) AS dp_sd,
+           avg(same_top::DOUBLE) AS same_top
+    FROM t GROUP BY ALL
+)
+SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, backend, host_class, flags,
+       bucket_lo, least(2 * bucket_lo, n_ctx) - 1 AS bucket_hi, n_tokens, n_chunks,
+       kld AS kld_mean, CASE WHEN n_tokens > 10 THEN coalesce(kld_sd, 0) / sqrt(n_tokens) ELSE 0 END AS kld_unc,
+       dp AS dp_mean, CASE WHEN n_tokens > 10 THEN coalesce(dp_sd, 0) / sqrt(n_tokens) ELSE 0 END AS dp_unc,
+       same_top AS same_top_p, sqrt(same_top * (1 - same_top) / nullif(n_tokens - 1, 0)) AS same_top_unc,
+       exp(nll) AS ppl, exp(nll) * CASE WHEN n_tokens > 10 THEN coalesce(nll_sd, 0) / sqrt(n_tokens) ELSE 0 END AS ppl_unc,
+       exp(nllb) AS ppl_base
+FROM s;
+
+-- Generation agreement per quality cell (workers/generation.py): per prompt depth, the mean
+-- index of the first generated token that differs from the baseline's, the share of prompts
+-- whose whole continuation matched, and the mean share of equal tokens.
+CREATE OR REPLACE VIEW generation_agreement AS
+WITH g AS (
+    SELECT r.cell_id, r.model_name, r.config, r.type_k, r.type_v, r.n_ctx, r.baseline, r.backend,
+           r.host_class, r.flags, r.gen_tokens,
+           unnest(r.gen_depth) AS depth, unnest(r.gen_first_diff) AS first_diff,
+           unnest(r.gen_equal) AS equal
+    FROM results r
+    WHERE r.kind = 'quality' AND r.status = 'ok' AND len(coalesce(r.gen_depth, [])) > 0
+)
+SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, backend, host_class, flags,
+       gen_tokens, depth, count(*) AS n_prompts,
+       avg(first_diff) AS first_diff_mean,
+       CASE WHEN count(*) > 1 THEN stddev_samp(first_diff) / sqrt(count(*)) ELSE 0 END AS first_diff_unc,
+       avg((first_diff = gen_tokens)::DOUBLE) AS all_equal_p,
+       avg(equal) AS equal_mean,
+       CASE WHEN count(*) > 1 THEN stddev_samp(equal) / sqrt(count(*)) ELSE 0 END AS equal_unc
+FROM g GROUP BY ALL;
 
 -- Quality per cell, with every statistic llama-perplexity prints for --kl-divergence,
 -- computed exactly from the per-token values. Uncertainties: sqrt((E[x^2]-E[x]^2)/(N-1)).
