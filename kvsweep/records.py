@@ -130,7 +130,12 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("graph_splits_tg", pa.int32()),  # single-token graph splits
         ("graph_splits_ref", pa.int32()),  # splits of an f16/f16 context of the same shape (GPU only)
         ("kv_devices", pa.string()),  # device(s) holding the KV cache, e.g. "CUDA0" or "CPU"
-        ("worker_niceness", pa.int32()),  # the worker process's niceness when the cell ran
+        ("worker_niceness", pa.int32()),
+        # what else ran on the host during a speed cell's timed repetitions (workers/host_load.py)
+        ("host_load_window_s", pa.float64()),  # seconds measured: the timed parts together
+        ("host_cpu_pressure", pa.float64()),  # share of them some task waited for a CPU (PSI)
+        ("host_other_cores", pa.float64()),  # CPU time of other processes, in cores
+        ("host_steal_cores", pa.float64()),  # the hypervisor's steal time, in cores  # the worker process's niceness when the cell ran
         ("unit_contexts", pa.int32()),  # llama.cpp contexts its quality unit kept alive at once
         # the KV cache as llama.cpp reported making it, and whether that is what the cell asked
         ("kv_type_k", pa.string()),  # K type of the KV cache's summary line ('' if not logged)

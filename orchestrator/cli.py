@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--address", help="join this Ray cluster (HEAD:PORT) instead of an embedded one")
-    c.add_argument("--redo", choices=("missing", "failed", "oom"), default="failed",
-                   help="what to run again: missing cells only; also failed (default); also oom/skipped")
+    c.add_argument("--redo", choices=("missing", "failed", "oom", "busy"), default="failed",
+                   help="what to run again: missing cells only; also failed (default); also oom/skipped; "
+                        "failed and also speed cells flagged host-busy")
     c.add_argument("--workers", type=int, default=1, help="worker actors on this host (embedded Ray)")
     c.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     c.add_argument("--no-progress", action="store_true", help="log lines instead of a live display")

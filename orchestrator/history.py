@@ -7,6 +7,8 @@ it ended, and the redo mode says whether to run it again:
     missing  cells with no final attempt (never ran, or the driver died mid-way)
     failed   also crash, timeout, error, invalid                      (the default)
     oom      also oom, skipped after oom, predicted-oom
+    busy     as failed, and also ok cells whose every ok attempt was flagged host-busy (timed
+             while other work competed for the CPU): they are measured again
 
 Cells recorded `unsupported` (no worker's build ran their K/V pair) are looked at again in every
 mode: they run once the fleet has a build for them, and are not recorded again otherwise.
@@ -25,11 +27,13 @@ from kvsweep.result_files import result_files
 from kvsweep.orchestrator.run_dir import RunDir
 from kvsweep.workers.runner import RETRYING_FLAG
 
-REDO_MODES = ("missing", "failed", "oom")
+REDO_MODES = ("missing", "failed", "oom", "busy")
+HOST_BUSY = "host-busy"  # workers/host_load.py
 _REDO_STATUSES = {
     "missing": {records.UNSUPPORTED},
     "failed": set(records.FAILED) | {records.UNSUPPORTED},
     "oom": set(records.FAILED) | {records.OOM, records.SKIPPED, records.PREDICTED_OOM, records.UNSUPPORTED},
+    "busy": set(records.FAILED) | {records.UNSUPPORTED},
 }
 
 
@@ -37,6 +41,7 @@ _REDO_STATUSES = {
 class CellHistory:
     attempts: int = 0
     ok: bool = False
+    clean_ok: bool = False  # an ok attempt not flagged host-busy
     last_status: str = ""  # of the latest final attempt; "" when none is final
     last_time: int = 0
 
@@ -66,6 +71,7 @@ def read_history(run_dir: RunDir) -> dict[str, CellHistory]:
         h.attempts += 1
         if status == records.OK:
             h.ok = True
+            h.clean_ok = h.clean_ok or not (fl and HOST_BUSY in fl)
         if fl and RETRYING_FLAG in fl:
             continue
         if t is not None and t >= h.last_time:
@@ -81,5 +87,7 @@ def cells_to_run(plan: Iterable[Cell], history: dict[str, CellHistory], redo: st
     for cell in plan:
         h = history.get(cell.cell_id)
         if h is None or h.ok is False and (not h.last_status or h.last_status in again):
+            todo.append(cell)
+        elif redo == "busy" and h.ok and not h.clean_ok:
             todo.append(cell)
     return todo

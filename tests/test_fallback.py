@@ -100,3 +100,18 @@ def test_real_cpu_contexts(model):
         assert check.flags(ctx) == ([], None)
         assert check._splits == {}, "no reference context on a CPU-only context"
         assert check.reference_splits(model, settings) == ctx.facts.graph_splits
+
+
+def test_a_kv_cache_left_on_the_cpu_of_a_gpu_host_is_config_not_applied():
+    """Every layer offloaded on a CUDA host: a layer whose KV cache llama.cpp put on the CPU
+    (the log's `layer N: dev = CPU`) means the cell did not run as asked."""
+    from kvsweep.workers.config_check import config_problems
+
+    on_gpu = _parse_facts(capture(cuda_context_log(2, 2)))
+    assert config_problems(on_gpu, "f16", "f16", "auto", None, gpu_backend="CUDA") == []
+    calls = [(LOG_DEBUG, KV_DEV % ("llama_kv_cache", 0, "CUDA0")), (LOG_DEBUG, KV_DEV % ("llama_kv_cache", 1, "CPU"))]
+    half = _parse_facts(capture(calls))
+    (problem,) = config_problems(half, "f16", "f16", "auto", None, gpu_backend="CUDA")
+    assert problem == "1 of 2 layers keep their KV cache on the CPU; the cell offloads every layer to CUDA"
+    # a CPU host (or a partial offload) expects nothing of the devices
+    assert config_problems(half, "f16", "f16", "auto", None, gpu_backend="") == []

@@ -12,7 +12,10 @@ is made, what llama.cpp reports about its KV cache is compared with the cell:
 - the sizes of K and V against what the types need for this model (kvsweep/model_shape.py, the
   heads padded as the type pads them), when the model's KV layout is uniform and there is one
   cache; a size off by more than 1% means some layers hold another type;
-- flash attention on or off as asked (the fork turns it on for turbo types whatever was asked).
+- flash attention on or off as asked (the fork turns it on for turbo types whatever was asked);
+- the device of each layer's KV cache: with every layer offloaded (n_gpu_layers at least the
+  model's layer count) on a host whose primary backend is a GPU, no layer's cache may be on the
+  CPU (a build without the GPU backend, or offload_kqv off, would put it there).
 
 Any difference flags the cell `config-not-applied` (reports leave it out of recommendations)
 and is written out in the attempt's `config_check`.
@@ -29,9 +32,14 @@ MIB = 2**20
 
 
 def config_problems(facts: ContextFacts, type_k: str, type_v: str, flash_attn: str,
-                    shape: ModelShape | None) -> list[str]:
-    """What differs between the context llama.cpp made and the one the cell asked for."""
+                    shape: ModelShape | None, gpu_backend: str = "") -> list[str]:
+    """What differs between the context llama.cpp made and the one the cell asked for.
+    `gpu_backend`: the GPU backend every KV layer should be on ('' = no expectation)."""
     problems = []
+    on_cpu = [d for d in facts.kv_devices if d.upper().startswith("CPU")]
+    if gpu_backend and on_cpu:
+        problems.append(f"{len(on_cpu)} of {len(facts.kv_devices)} layers keep their KV cache on the CPU; "
+                        f"the cell offloads every layer to {gpu_backend}")
     for s in facts.kv_summaries:
         if s.type_k != type_k:
             problems.append(f"the K cache is {s.type_k}, the cell asked for {type_k}")

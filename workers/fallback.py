@@ -99,6 +99,16 @@ def shared_check() -> FallbackCheck:
     return _shared
 
 
+def _expected_gpu(ctx: llama_api.Context) -> str:
+    """The GPU backend a fully offloaded context's KV cache belongs on ('' when none is expected)."""
+    from kvsweep.workers import probe
+
+    shape = ctx.model.shape
+    n_layer = shape.n_layer if shape is not None else 999
+    primary = probe.probe_host().primary_backend
+    return primary if primary != "CPU" and ctx.model.n_gpu_layers >= n_layer else ""
+
+
 def context_columns(ctx: llama_api.Context, check: FallbackCheck, cell=None) -> tuple[dict, list[str]]:
     """Attempt columns describing how a context ran, and its flags: fallback, and whether the
     KV cache is the one `cell` asked for (workers/config_check.py; default: the context's own
@@ -110,7 +120,7 @@ def context_columns(ctx: llama_api.Context, check: FallbackCheck, cell=None) -> 
     flags, ref = check.flags(ctx)
     type_k, type_v = (cell.type_k, cell.type_v) if cell is not None else (ctx.settings.type_k, ctx.settings.type_v)
     flash_attn = cell.flash_attn if cell is not None else ctx.settings.flash_attn
-    problems = config_problems(facts, type_k, type_v, flash_attn, ctx.model.shape)
+    problems = config_problems(facts, type_k, type_v, flash_attn, ctx.model.shape, _expected_gpu(ctx))
     if problems:
         flags.append(CONFIG_NOT_APPLIED)
     types = ggml_types.build_types()

@@ -20,6 +20,9 @@ KVSWEEP_FAULTS or the matrix's `[testing] faults`:
     wrong-type  the cell's context is made with the K type `type` (default q4_0) instead of
             its own, silently, as a setting that does not take effect: the config check must
             flag it (workers/config_check.py)
+    busy    a speed cell's timed repetitions run beside a busy loop on every CPU (real
+            processes, killed afterwards): a busy host, for the host-busy check
+            (workers/host_load.py)
     error   raise an ordinary exception
 `times` (default: always) limits how often a fault fires per cell; the count survives the
 worker's death, in KVSWEEP_FAULTS_STATE (a directory; default: the system temp directory).
@@ -30,9 +33,12 @@ needed that much: how tests build fleets where a cell fits on some hosts and not
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -40,7 +46,7 @@ from pathlib import Path
 
 from kvsweep.cells import Cell
 
-FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error", "wrong-type")
+FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error", "wrong-type", "busy")
 ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
@@ -157,6 +163,33 @@ def maybe_inject(cell: Cell, contexts: int = 1) -> None:
         ctypes.string_at(0)
     if _fires(cell, "exit"):
         os._exit(137)
+
+
+@contextlib.contextmanager
+def busy_host(cell: Cell):
+    """While it is open, a busy loop per CPU runs beside the cell when a busy fault fires."""
+    if _firing_entry(cell, "busy") is None:
+        yield
+        return
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        # every loop running (it has used CPU time) before the cell is timed, however slow the host
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(_cpu_ticks(p.pid) for p in loops):
+            time.sleep(0.02)
+        yield
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+    except OSError:  # no /proc (macOS): count the loop as running
+        return 1
 
 
 def context_types(cell: Cell) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from kvsweep import records
 from kvsweep.cells import GENERATION, PROMPT, Cell
-from kvsweep.workers import faults, llama_api, probe
+from kvsweep.workers import faults, host_load, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
 
 
@@ -138,6 +138,28 @@ def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
         token = int(upcoming[i])
 
 
+def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens, filler,
+                 depth_cache: DepthStateCache, key: tuple, meter: host_load.Meter) -> tuple[list[int], bool]:
+    """The timed repetitions (llama-bench's loop): (nanoseconds of each, all logits finite)."""
+    samples_ns: list[int] = []
+    finite = True
+    for _ in range(cell.repetitions):
+        ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
+        if cell.n_depth:
+            fill_depth(ctx, cell.n_depth, cell.n_batch, _resume_at(filler(), depth_cache, key, cell.n_depth),
+                       depth_cache, key)
+        meter.start()
+        t0 = time.perf_counter_ns()
+        if n_prompt:
+            test_prompt(ctx, n_prompt, cell.n_batch, rand)
+        if n_gen:
+            test_gen(ctx, n_gen, rand)
+        samples_ns.append(time.perf_counter_ns() - t0)
+        meter.stop()
+        finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
+    return samples_ns, finite
+
+
 def run_speed_cell(
     model: llama_api.Model,
     cell: Cell,
@@ -145,9 +167,12 @@ def run_speed_cell(
     depth_cache: DepthStateCache,
     fallback: FallbackCheck | None = None,
     fill_tokens: np.ndarray | None = None,
+    busy_limit: float | None | str = "env",
 ) -> records.CellOutcome:
     """One pp or tg cell. `fill_tokens`: the corpus's tokens when the cell fills its depth with
-    text (cell.fill == "corpus"); the timed tokens stay random, as llama-bench's."""
+    text (cell.fill == "corpus"); the timed tokens stay random, as llama-bench's. `busy_limit`:
+    the CPU-pressure share above which the cell is flagged host-busy (workers/host_load.py;
+    "env": KVSWEEP_BUSY_LIMIT or the default; None: never)."""
     started = time.time()
     fallback = fallback or shared_check()
     n_prompt = cell.n_prompt if cell.kind == PROMPT else 0
@@ -175,25 +200,17 @@ def run_speed_cell(
                cell.fill, cell.corpus_sha256)
         # the same text at every depth and repetition: a deeper fill extends the shallower one
         filler = (lambda: CorpusTokens(fill_tokens)) if fill_tokens is not None else (lambda: rand)
-        samples_ns: list[int] = []
-        finite = True
-        for _ in range(cell.repetitions):
-            ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
-            if cell.n_depth:
-                fill_depth(ctx, cell.n_depth, cell.n_batch, _resume_at(filler(), depth_cache, key, cell.n_depth),
-                           depth_cache, key)
-            t0 = time.perf_counter_ns()
-            if n_prompt:
-                test_prompt(ctx, n_prompt, cell.n_batch, rand)
-            if n_gen:
-                test_gen(ctx, n_gen, rand)
-            samples_ns.append(time.perf_counter_ns() - t0)
-            finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
+        meter = host_load.Meter()  # what else ran during the timed parts (read outside them)
+        with faults.busy_host(cell):
+            samples_ns, finite = _repetitions(ctx, cell, n_prompt, n_gen, rand, filler, depth_cache, key, meter)
         columns, flags = context_columns(ctx, fallback, cell)
 
     samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
     if not finite:
         flags.append("nonfinite")
+    load = meter.read()
+    if load.busy(host_load.busy_limit() if busy_limit == "env" else busy_limit):
+        flags.append(host_load.HOST_BUSY)
     return records.CellOutcome(
         cell_id=cell.cell_id,
         # garbage logits (e.g. a Metal command buffer that failed silently) void the timing
@@ -212,5 +229,5 @@ def run_speed_cell(
             "samples_ns": samples_ns,
             "samples_ts": samples_ts,
         },
-        facts={**columns, **probe.run_facts(model.path)},
+        facts={**columns, **probe.run_facts(model.path), **load.columns()},
     )
