@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from kvsweep import cache_types
 from kvsweep.result_files import quarantine_named, result_files
+from kvsweep.run_layout import RunLayout
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
 
 
@@ -76,7 +77,8 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     Results files that cannot be read are moved to results/quarantine/ first, with a warning
     (kvsweep/result_files.py), so a damaged file never stops a report."""
     run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").exists():
+    layout = RunLayout(run_dir)
+    if not layout.manifest_file.exists():
         raise FileNotFoundError(
             f"{run_dir} is not a kvsweep run directory (no manifest.json): give the directory "
             "`kvsweep run` printed, e.g. runs/demo"
@@ -84,7 +86,7 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     con = duckdb.connect(database)
     # a merged attempts file replaces the parts it holds, tokens files a dead driver left
     # without their attempts file are not read, damaged files are set aside (result_files)
-    files = result_files(run_dir / "results")
+    files = result_files(layout.results_dir)
     for name, paths, schema in (("attempts_raw", files.attempts, ATTEMPTS_SCHEMA),
                                 ("tokens_raw", files.tokens, TOKENS_SCHEMA)):
         listed = [str(p) for p in paths]
@@ -100,7 +102,7 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     con.register("lost_tokens_table", pa.table({"attempt_id": pa.array(sorted(files.lost_tokens), pa.string())}))
     con.execute("CREATE TABLE lost_tokens AS SELECT * FROM lost_tokens_table")
     con.unregister("lost_tokens_table")
-    plan = run_dir / "plan.parquet"
+    plan = layout.plan_file
     if plan.exists():
         con.execute(f"CREATE VIEW plan_raw AS SELECT * FROM read_parquet('{plan}')")
     else:
@@ -115,7 +117,7 @@ def connect(run_dir: str | Path, database: str = ":memory:",
 def with_damage_retry(run_dir: str | Path, work, attempts: int = 8, **connect_args):
     """work(connection) -> result, retried after moving a results file that a query found
     damaged past its footer (the error names it) to quarantine; other errors pass through."""
-    results = Path(run_dir) / "results"
+    results = RunLayout(Path(run_dir)).results_dir
     for attempt in range(attempts):
         con = connect(run_dir, **connect_args)
         try:

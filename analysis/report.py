@@ -22,6 +22,7 @@ from pathlib import Path
 from kvsweep.analysis import charts, recommend
 from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, query, with_damage_retry
 from kvsweep.analysis.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
+from kvsweep.run_layout import RunLayout
 from kvsweep.analysis.formatting import fmt_bytes, fmt_depth, fmt_kl, fmt_kl_pm, fmt_pm, fmt_status
 
 @dataclass
@@ -58,7 +59,7 @@ def _tests(con) -> dict[tuple[str, str], str]:
 
 
 def header_section(con, run_dir: Path) -> list[Block]:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(run_dir).manifest_file.read_text())
     status = {r["status"]: r["cells"] for r in query(con, "status_counts")}
     total = sum(status.values())
     builds = query(con, "header_builds")
@@ -174,13 +175,25 @@ def _flag_text(r: dict) -> str:
     return text
 
 
-def position_section(con, order: list[str], style, chart_list: list[charts.Chart]) -> list[Block]:
-    """Quality by position within the chunk (quality_by_position), where positions were scored
-    from the start of the chunk (quality.score = "all")."""
-    rows = _rows(con, "SELECT * FROM quality_by_position ORDER BY model_name, n_ctx, baseline, backend, bucket_lo")
+def _quality_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows of a per-cell quality view by (model, n_ctx, baseline, backend), in row order."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["backend"]), []).append(r)
+    return groups
+
+
+def _compared_configs(order: list[str], items: list[dict], baseline: str) -> list[str]:
+    """The configurations of `items` but the baseline, in the matrix's order (others after)."""
+    configs = [c for c in order if c != baseline and any(r["config"] == c for r in items)]
+    return configs + sorted({r["config"] for r in items} - set(configs) - {baseline})
+
+
+def position_section(con, order: list[str], style, chart_list: list[charts.Chart]) -> list[Block]:
+    """Quality by position within the chunk (quality_by_position), where positions were scored
+    from the start of the chunk (quality.score = "all")."""
+    groups = _quality_groups(_rows(
+        con, "SELECT * FROM quality_by_position ORDER BY model_name, n_ctx, baseline, backend, bucket_lo"))
     if not groups:
         return []
     out: list[Block] = [Heading("Quality by position in the chunk", 2)]
@@ -195,8 +208,7 @@ def position_section(con, order: list[str], style, chart_list: list[charts.Chart
                 "as llama-perplexity scores): one bucket, the quality table above. Set "
                 '`quality.score = "all"` to score every position and read quality by depth.'))
             continue
-        configs = [c for c in order if c != baseline and any(r["config"] == c for r in items)]
-        configs += sorted({r["config"] for r in items} - set(configs) - {baseline})
+        configs = _compared_configs(order, items, baseline)
         by = {(r["config"], r["bucket_lo"]): r for r in items}
         table = []
         for c in configs:
@@ -222,11 +234,9 @@ def position_section(con, order: list[str], style, chart_list: list[charts.Chart
 
 def generation_section(con, order: list[str]) -> list[Block]:
     """Generation agreement (generation_agreement) next to mean KL."""
-    rows = _rows(con, "SELECT g.*, q.kld_mean, q.kld_unc FROM generation_agreement g "
-                      "LEFT JOIN quality q USING (cell_id) ORDER BY model_name, n_ctx, baseline, backend, depth")
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model_name"], r["n_ctx"], r["baseline"], r["backend"]), []).append(r)
+    groups = _quality_groups(_rows(
+        con, "SELECT g.*, q.kld_mean, q.kld_unc FROM generation_agreement g "
+             "LEFT JOIN quality q USING (cell_id) ORDER BY model_name, n_ctx, baseline, backend, depth"))
     if not groups:
         return []
     out: list[Block] = [Heading("Generation agreement", 2)]
@@ -234,8 +244,7 @@ def generation_section(con, order: list[str]) -> list[Block]:
     for (model, n_ctx, baseline, backend), items in groups.items():
         depths = sorted({r["depth"] for r in items})
         n_gen = items[0]["gen_tokens"]
-        configs = [c for c in order if c != baseline and any(r["config"] == c for r in items)]
-        configs += sorted({r["config"] for r in items} - set(configs) - {baseline})
+        configs = _compared_configs(order, items, baseline)
         by = {(r["config"], r["depth"]): r for r in items}
         table = []
         for c in configs:
@@ -441,7 +450,7 @@ def render(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS)
 
 def write_reports(run_dir: str | Path, budgets: tuple[KlBudget, ...] = DEFAULT_BUDGETS) -> ReportFiles:
     """Write report.md, report.html and charts/*.png under RUN_DIR/report."""
-    from kvsweep.orchestrator.run_dir import atomic_write_bytes
+    from kvsweep.run_layout import atomic_write_bytes
 
     run_dir = Path(run_dir)
     blocks, chart_list = build(run_dir, budgets)

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import print_start  # noqa: E402  (bench/machine.py)
+from machine import print_end, print_start  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -125,6 +125,7 @@ def main() -> None:
               f"| {k['kvsweep_own_mib']:.0f} MiB | {k['seconds']:.0f} | {file_size} | {' / '.join(cells)} |",
               flush=True)
         base_file.unlink(missing_ok=True)
+    print_end()
 
 
 if __name__ == "__main__":

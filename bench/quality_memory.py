@@ -56,7 +56,7 @@ def one_run(chunks: int, vocab: int, n_ctx: int, n_batch: int, threads: int) -> 
     model = llama_api.Model(str(path))
     text = (ROOT / "matrices" / "corpora" / "demo.txt").read_text()
     tokens = model.tokenize_corpus(text)
-    reps = -(-(chunks * n_ctx + 1) // len(tokens))
+    reps = -(-(max(chunks, 2) * n_ctx + 1) // len(tokens))  # llama-perplexity needs 2 x n_ctx
     tokens = model.tokenize_corpus("\n".join([text] * max(reps, 1)))
     sha = file_sha256(path)
     cells = [Cell(kind="quality", model_name="big-vocab", model_path=str(path), model_sha256=sha,

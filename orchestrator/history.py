@@ -25,7 +25,7 @@ from kvsweep import records
 from kvsweep.cells import Cell
 from kvsweep.result_files import result_files
 from kvsweep.orchestrator.run_dir import RunDir
-from kvsweep.workers.runner import RETRYING_FLAG
+from kvsweep.messages import RETRYING_FLAG
 
 REDO_MODES = ("missing", "failed", "oom", "busy")
 HOST_BUSY = "host-busy"  # workers/host_load.py

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvsweep import cache_types
-from kvsweep.workers.faults import validate as validate_faults
-from kvsweep.workers.generated_models import ARCHITECTURES, ModelRecipe
+from kvsweep import cache_types, defaults
+from kvsweep.fault_plan import validate as validate_faults
+from kvsweep.model_recipe import ARCHITECTURES, ModelRecipe
 
 FLASH_ATTN_MODES = ("on", "off", "auto")
 
@@ -61,7 +61,7 @@ class QualitySpec:
     baseline: str = "f16"
     n_batch: int = 512
     n_ubatch: int = 512
-    max_contexts: int = 4  # compared contexts alive next to one baseline pass
+    max_contexts: int = defaults.MAX_CONTEXTS  # compared contexts alive next to one baseline pass
     score: str = ""  # "" = second half of each chunk (llama-perplexity); "all" = every position
     generation: GenerationSpec | None = None
 
@@ -98,9 +98,9 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class RetrySpec:
-    oom_retries: int = 2
-    oom_backoff_s: float = 2.0
-    crash_retries: int = 1
+    oom_retries: int = defaults.OOM_RETRIES
+    oom_backoff_s: float = defaults.OOM_BACKOFF_S
+    crash_retries: int = defaults.CRASH_RETRIES
     skip_deeper_after_oom: bool = True
     replace_on_oom: bool = True  # try a host with more memory before recording oom
 
@@ -442,7 +442,7 @@ def _configs(r: _Reader, value, runtime: RuntimeSpec) -> list[tuple[str, str]]:
 def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
     t = r.table(_as_table(r, value, "quality"), "quality", {
         "corpus": None, "n_ctx": [512], "max_chunks": 0, "baseline": "f16", "n_batch": 512,
-        "n_ubatch": 512, "max_contexts": 4, "score": "second-half", "generation": None})
+        "n_ubatch": 512, "max_contexts": defaults.MAX_CONTEXTS, "score": "second-half", "generation": None})
     corpus = t["corpus"]
     if not isinstance(corpus, str) or not corpus:
         r.problem("quality.corpus", "needs a text file to measure perplexity on",

@@ -15,6 +15,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+from kvsweep import defaults
 from kvsweep.cells import GENERATION, PROMPT, QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.inputs import ResolvedInputs
 from kvsweep.orchestrator.matrix import Matrix
@@ -96,7 +97,7 @@ def speed_series_key(c: Cell) -> tuple:
             c.n_ubatch, c.n_threads, c.env, c.n_gpu_layers, c.fill, c.corpus_sha256)
 
 
-def make_units(cells: Iterable[Cell], max_contexts: int = 4) -> list[WorkUnit]:
+def make_units(cells: Iterable[Cell], max_contexts: int = defaults.MAX_CONTEXTS) -> list[WorkUnit]:
     """Group cells into units; models stay together so workers load each model rarely."""
     quality: dict[tuple, list[Cell]] = defaultdict(list)
     speed: dict[tuple, list[Cell]] = defaultdict(list)

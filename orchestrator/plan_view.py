@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from kvsweep import defaults
 from kvsweep.cache_types import config_label
 from kvsweep.cells import QUALITY
 from kvsweep.orchestrator.memory_plan import eligible, fits, unsupported
@@ -30,7 +31,7 @@ def print_plan(plan, address, out=print) -> None:
         for c, s in sorted(by_class.items()))
     out(f"host classes:   {classes or '(none)'}" + ("" if address else " (this host; --address to plan for a fleet)"))
     _print_types(matrix, cells, view, out)
-    units = make_units(cells, matrix.quality.max_contexts if matrix.quality else 4)
+    units = make_units(cells, matrix.quality.max_contexts if matrix.quality else defaults.MAX_CONTEXTS)
     out(f"{len(cells)} cells in {len(units)} work units:")
     width = max((len(m) for m, _, _ in summarize(cells)), default=5)
     for model, kind, n in summarize(cells):

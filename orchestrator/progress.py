@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from loguru import logger
 
 from kvsweep import records
-from kvsweep.workers.runner import RETRYING_FLAG
+from kvsweep.messages import RETRYING_FLAG
 
 
 class ProgressView:

@@ -29,23 +29,23 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from kvsweep import records
+from kvsweep import defaults, records
 from kvsweep.cells import QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
 from kvsweep.orchestrator.memory_plan import builds_run, eligible, fits, pack_quality, placeable
 from kvsweep.orchestrator.plan import make_units
 from kvsweep.orchestrator.sink import ResultSink
-from kvsweep.workers.runner import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned
+from kvsweep.messages import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned
 from kvsweep.workers.worker_log import reason_line
 
 
 @dataclass
 class Policy:
     cell_timeout_s: float = 3600.0
-    crash_retries: int = 1
+    crash_retries: int = defaults.CRASH_RETRIES
     replace_on_oom: bool = True
     skip_deeper_after_oom: bool = True
-    max_contexts: int = 4
+    max_contexts: int = defaults.MAX_CONTEXTS
     fleet_refresh_s: float = 10.0  # how often hosts that joined mid-sweep are looked for
 
 

@@ -45,7 +45,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet, fsync_dir
+from kvsweep.orchestrator.run_dir import RunDir
+from kvsweep.run_layout import atomic_write_parquet, fsync_dir
 from kvsweep.parts import part_name
 from kvsweep.result_files import result_files
 from kvsweep.records import ATTEMPTS_SCHEMA, TOKENS_SCHEMA
@@ -132,7 +133,7 @@ def read_wal(path: Path) -> list[tuple[pa.Table, pa.Table | None]]:
 
 
 def recorded_attempt_ids(run_dir: RunDir) -> set[str]:
-    files = [str(p) for p in result_files(run_dir.path / "results").attempts]
+    files = [str(p) for p in result_files(run_dir.results_dir).attempts]
     if not files:
         return set()
     return set(ds.dataset(files, format="parquet").to_table(columns=["attempt_id"]).column(0).to_pylist())
@@ -146,7 +147,7 @@ def recover(run_dir: RunDir, session_id: str) -> int:
     files without their attempts file (their rows are in the log, replayed below) and
     half-written temporary files."""
     remove_leftovers(run_dir)
-    wal_dir = run_dir.path / "results" / "wal"
+    wal_dir = run_dir.wal_dir
     logs = sorted(wal_dir.glob("*.wal")) if wal_dir.exists() else []
     if not logs:
         return 0
@@ -182,7 +183,7 @@ def remove_leftovers(run_dir: RunDir) -> int:
     """Delete what nobody reads and a killed driver may have left (call with the lock held):
     attempts files a merged file replaces, tokens files without their attempts file, and
     temporary files of interrupted writes. Returns how many."""
-    files = result_files(run_dir.path / "results")  # also sets damaged files aside
+    files = result_files(run_dir.results_dir)  # also sets damaged files aside
     superseded, orphaned = files.superseded, files.orphaned
     temporary = [p for d in (run_dir.attempts_dir, run_dir.tokens_dir) if d.exists()
                  for p in d.glob(".part-*.tmp")]
@@ -221,7 +222,7 @@ class ResultSink:
         self.merges = 0
         self._live: list[tuple[int, int]] = []  # flush ranges of this session's attempts files
         self._replaced: list[tuple[float, list[Path]]] = []  # (when, files a merge replaced)
-        self.wal = WriteAheadLog(run_dir.path / "results" / "wal" / f"{session_id}.wal")
+        self.wal = WriteAheadLog(run_dir.wal_dir / f"{session_id}.wal")
 
     def add(self, row: dict, tokens: dict[str, np.ndarray] | None = None) -> None:
         """Record an attempt: in the write-ahead log at once, or when the enclosing batch() ends."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from kvsweep import records
+from kvsweep import defaults, records
 from kvsweep.cells import Cell
 from kvsweep.orchestrator import fleet as fleet_mod
 from kvsweep.orchestrator import memory_plan
@@ -27,7 +27,7 @@ from kvsweep.orchestrator.progress import ProgressView
 from kvsweep.orchestrator.run_dir import RunDir, new_session_id
 from kvsweep.orchestrator.scheduler import Policy, Scheduler, Summary
 from kvsweep.orchestrator.sink import ResultSink, recover
-from kvsweep.workers.runner import RetryPolicy
+from kvsweep.messages import RetryPolicy
 
 
 class SweepError(RuntimeError):
@@ -221,7 +221,7 @@ def _policy(matrix: Matrix, opts: RunOptions) -> Policy:
         crash_retries=matrix.retry.crash_retries,
         replace_on_oom=matrix.retry.replace_on_oom,
         skip_deeper_after_oom=matrix.retry.skip_deeper_after_oom,
-        max_contexts=matrix.quality.max_contexts if matrix.quality else 4,
+        max_contexts=matrix.quality.max_contexts if matrix.quality else defaults.MAX_CONTEXTS,
     )
 
 
@@ -235,7 +235,7 @@ class FleetView:
 
 
 def fleet_view(address: str | None) -> FleetView:
-    from kvsweep.orchestrator.fleet_cli import list_workers
+    from kvsweep.orchestrator.fleet_nodes import list_workers
 
     rows = list_workers(address)
     slots = [_ViewSlot(r.host_class, r.backend, r.memory, f"{r.build}", r.cache_types, r.kv_pairs)
@@ -289,4 +289,4 @@ def cache_type_problems(matrix: Matrix, builds: list[BuildTypes]) -> list[str]:
 
 
 def units_of(cells: list[Cell], matrix: Matrix):
-    return make_units(cells, matrix.quality.max_contexts if matrix.quality else 4)
+    return make_units(cells, matrix.quality.max_contexts if matrix.quality else defaults.MAX_CONTEXTS)

@@ -50,6 +50,16 @@ def tiny_model(_private_cache) -> Path:
 
 
 @pytest.fixture(scope="module")
+def model(tiny_model):
+    """The tiny generated model loaded through kvsweep's llama.cpp layer, once per module."""
+    from kvsweep.workers.llama_api import Model
+
+    m = Model(str(tiny_model))
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
 def ray_local():
     """A real embedded Ray cluster (127.0.0.1, no dashboard, fixed CPUs), one per module."""
     from kvsweep.orchestrator import fleet

@@ -14,18 +14,10 @@ from kvsweep.cells import Cell
 from kvsweep.hashing import file_sha256
 from kvsweep.workers import generation, llama_api
 from kvsweep.workers.kl_math import Reducer
-from kvsweep.workers.llama_api import Model
 from kvsweep.workers.quality import run_quality_group
 from kvsweep.workers.speed import CorpusTokens, DepthStateCache, fill_depth
 
 N_CTX = 128
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(str(tiny_model))
-    yield m
-    m.close()
 
 
 @pytest.fixture(scope="module")

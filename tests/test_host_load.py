@@ -14,18 +14,10 @@ from kvsweep import records
 from kvsweep.cells import Cell
 from kvsweep.hashing import file_sha256
 from kvsweep.workers import host_load
-from kvsweep.workers.llama_api import Model
 from kvsweep.workers.speed import DepthStateCache, run_speed_cell
 
 LIMIT = host_load.DEFAULT_LIMIT
 N_CPU = os.cpu_count() or 1
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    m = Model(str(tiny_model))
-    yield m
-    m.close()
 
 
 def cell(tiny_model) -> Cell:

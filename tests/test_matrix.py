@@ -36,6 +36,9 @@ def test_shipped_matrices_load():
     assert ("q8_0", "turbo4") in seeds.configs and ("turbo3", "turbo3") in seeds.configs
     assert seeds.quality.n_ctx == (4096, 16384)
     assert seeds.speed.depths[-1] == 524288
+    depth = load_matrix(ROOT / "matrices" / "depth-demo.toml")
+    assert depth.quality.score == "all" and depth.quality.generation.depths == (16, 128)
+    assert depth.speed.fill == "corpus"
 
 
 MAINLINE_BUILD = BuildTypes("cpu-box (mainline abc1234)", frozenset(MAINLINE_TYPES))

@@ -150,3 +150,26 @@ def test_a_type_known_only_from_a_build_is_described_by_it():
     assert cache_types.lookup("xq3") is None
     cache_types.learn(t)
     assert cache_types.get("xq3") is t
+
+
+@pytest.mark.parametrize("recipe", [dict(), dict(arch="qwen35"), dict(n_vocab=5000)])
+def test_the_fast_header_reader_agrees_with_the_gguf_package(recipe):
+    """kvsweep/gguf_header.py (skips long arrays) reads what gguf.GGUFReader reads."""
+    import gguf
+
+    from kvsweep.gguf_header import ArrayLength, read_header
+    from kvsweep.workers.generated_models import ModelRecipe, cached_model
+
+    path = str(cached_model(ModelRecipe(**recipe)))
+    ours, theirs = read_header(path), gguf.GGUFReader(path)
+    for key, f in theirs.fields.items():
+        if key.startswith("GGUF."):
+            continue  # the reader's own pseudo-fields (version, counts)
+        got = ours.fields[key]
+        if isinstance(got, ArrayLength):
+            assert got.length == len(f.data) > 4096, key
+        else:
+            assert got == f.contents(), key
+    assert [(t.name, t.n_bytes, t.offset) for t in ours.tensors] == \
+        [(t.name, int(t.n_bytes), int(t.data_offset) - theirs.data_offset) for t in theirs.tensors]
+    assert ours.array_length("tokenizer.ggml.tokens") == len(theirs.get_field("tokenizer.ggml.tokens").data)

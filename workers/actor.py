@@ -15,7 +15,8 @@ from kvsweep.cells import WorkUnit
 from kvsweep.workers import faults
 from kvsweep.workers.probe import probe_host, refresh_memory
 from kvsweep.workers.llama_api import LogCapture
-from kvsweep.workers.runner import RetryPolicy, UnitRunner
+from kvsweep.messages import RetryPolicy
+from kvsweep.workers.runner import UnitRunner
 from kvsweep.workers.worker_log import WorkerLog
 
 

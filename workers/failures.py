@@ -9,10 +9,7 @@ from kvsweep import records
 from kvsweep.workers import llama_api
 from kvsweep.workers.oom import requested_bytes
 
-RETRYING_FLAG = "oom-retrying"  # an OOM the worker tries again itself: not a final attempt
-# a quality unit that ran out of memory with several compared contexts alive: its cells go back
-# to the driver, which runs them again in smaller units (the attempt rows carry both flags)
-OOM_SPLIT = "oom-split"
+from kvsweep.messages import RETRYING_FLAG
 
 
 class ExpectedFailure(Exception):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from kvsweep import records
 from kvsweep.cells import QUALITY, WorkUnit
-from kvsweep.workers.runner import Finished
+from kvsweep.messages import Finished
 
 FAKE_FLAG = "fake-runner"
 

@@ -41,18 +41,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from kvsweep.cells import Cell
+from kvsweep.fault_plan import FAULTS, validate  # noqa: F401  (the plan's keys: kvsweep/fault_plan.py)
 
-FAULTS = ("oom", "abort", "segv", "exit", "hang", "slow", "wait", "nan", "error", "wrong-type", "busy")
 ENV = "KVSWEEP_FAULTS"
 STATE_ENV = "KVSWEEP_FAULTS_STATE"
 
 _plan_from_unit: list[dict] = []
 _worker_memory: int = 0
-_ENTRY_KEYS = {"match", "fault", "times", "needs_bytes", "seconds", "path", "min_contexts", "type"}
 
 
 class InjectedError(RuntimeError):
@@ -82,27 +80,6 @@ def _plan() -> list[dict]:
     if raw:
         plan += json.loads(raw)
     return plan
-
-
-def validate(plan: list[dict]) -> list[str]:
-    """Problems with a fault plan, as messages (empty when it is valid)."""
-    problems = []
-    fields = set(asdict(_example_cell()))
-    for i, entry in enumerate(plan):
-        for key in set(entry) - _ENTRY_KEYS:
-            problems.append(f"faults[{i}].{key} is not a fault key (use {', '.join(sorted(_ENTRY_KEYS))})")
-        if entry.get("fault") not in FAULTS:
-            problems.append(f"faults[{i}].fault must be one of {', '.join(FAULTS)}")
-        for key in entry.get("match", {}):
-            if key not in fields:
-                problems.append(f"faults[{i}].match.{key} is not a cell field")
-        if entry.get("fault") == "wait" and not isinstance(entry.get("path"), str):
-            problems.append(f"faults[{i}].path must name the file the wait fault waits for")
-    return problems
-
-
-def _example_cell() -> Cell:
-    return Cell(kind="pp", model_name="", model_path="", model_sha256="", type_k="f16", type_v="f16")
 
 
 def _fires(cell: Cell, fault: str, contexts: int = 1) -> bool:

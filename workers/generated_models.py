@@ -12,18 +12,15 @@ llama.cpp's Hadamard rotation of quantized K/V (`attn_rot_k/v`, on for head size
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kvsweep.model_recipe import ARCHITECTURES, ModelRecipe  # noqa: F401  (the recipe: kvsweep/model_recipe.py)
 from kvsweep.paths import cache_dir
 
-ARCHITECTURES = ("llama", "qwen35")
 
 # A few hundred frequent English words, so ordinary text tokenizes into words as well as bytes.
 _WORDS = """the of and to a in is that for it as was with be by on not he this are or his from at
@@ -36,36 +33,6 @@ attention quantized quantization precision bits sweep host hosts machine machine
 run runs table tables report reports figure figures perplexity divergence baseline generation
 prompt batch thread threads device devices backend backends long short deep fast slow large small
 """.split()
-
-
-@dataclass(frozen=True)
-class ModelRecipe:
-    arch: str = "llama"
-    seed: int = 0
-    n_vocab: int = 0  # 0: just the built-in vocabulary (special + 256 bytes + words)
-    n_embd: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_head_kv: int = 2
-    n_ff: int = 768
-    context_length: int = 1 << 20
-    # qwen35 only: every `full_attention_interval`-th layer is full attention, the rest are
-    # gated delta-net (recurrent) layers with a constant-size state
-    full_attention_interval: int = 4
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelRecipe:
-        return cls(**json.loads(text))
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
 
 def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:

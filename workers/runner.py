@@ -1,12 +1,10 @@
 """Runs a work unit on this host and reports what happened, cell by cell.
 
 Independent of Ray, so tests can drive it directly; the Ray actor (actor.py) only wraps it.
-`UnitRunner.run` is a generator of events, yielded as they happen:
-
-    Progress   the unit is alive (a quality chunk finished); resets the hang watchdog
-    Finished   one attempt of one cell, any status: failures are results
-    Returned   cells handed back unattempted: a speed series stops at its first final OOM so
-               the orchestrator decides (re-place on a host with more memory, or skip deeper)
+`UnitRunner.run` is a generator of events (kvsweep/messages.py), yielded as they happen:
+Progress (the unit is alive), Finished (one attempt of one cell, any status), Returned (cells
+handed back unattempted: a speed series stops at its first final OOM so the orchestrator
+decides: re-place on a host with more memory, or skip deeper).
 
 OOM is retried here first, with backoff (tenacity): memory another process held may free up.
 Every try is reported; tries that will be retried carry the flag "oom-retrying".
@@ -17,45 +15,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from kvsweep import records
 from kvsweep.cells import QUALITY, Cell, WorkUnit
 from kvsweep.hashing import file_sha256
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
 from kvsweep.workers.kl_math import Reducer
-from kvsweep.workers.failures import OOM_SPLIT, RETRYING_FLAG, ExpectedFailure, failure_outcome  # noqa: F401
+from kvsweep.messages import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned, RetryPolicy  # noqa: F401
+from kvsweep.workers.failures import ExpectedFailure, failure_outcome
 from kvsweep.workers.quality import run_quality_group
 from kvsweep.workers.speed import DepthStateCache, run_speed_cell
 
-
-
-@dataclass
-class Progress:
-    unit_id: str
-    done: int
-    total: int
-
-
-@dataclass
-class Finished:
-    outcome: records.CellOutcome
-
-
-@dataclass
-class Returned:
-    cell_ids: list[str]
-    reason: str
-
-
-@dataclass
-class RetryPolicy:
-    oom_retries: int = 2  # in-worker retries after the first OOM
-    oom_backoff_s: float = 2.0  # first wait; doubles each time (at most 60 s)
 
 
 class ModelMismatch(ExpectedFailure, RuntimeError):
