@@ -64,6 +64,8 @@ def fill_depth(ctx: llama_api.Context, n_depth: int, n_batch: int, rand: RandomT
         else:
             ctx.clear(data=False)
     if have < n_depth:
+        if have and isinstance(rand, CorpusTokens):
+            rand.take(have)  # a corpus fill extends the text the restored state holds
         # a fill starts with BOS as llama-bench's does; an extension continues the sequence
         test_prompt(ctx, n_depth - have, n_batch, rand, first_bos=have == 0)
         cache.put(key, n_depth, ctx.save_state())
@@ -115,16 +117,6 @@ def test_prompt(ctx: llama_api.Context, n_prompt: int, n_batch: int, rand: Rando
     ctx.synchronize()
 
 
-def _resume_at(source, cache: DepthStateCache, key: tuple, n_depth: int):
-    """A corpus source positioned after the tokens a saved fill already holds, so an extended
-    fill continues the text instead of starting it again (random tokens need no position)."""
-    if isinstance(source, CorpusTokens):
-        saved = cache.get(key, n_depth)
-        if saved is not None:
-            source.take(saved[1])
-    return source
-
-
 def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
     """llama-bench's test_gen: n_gen single-token decodes, synchronizing after each."""
     info = ctx.model.info
@@ -146,8 +138,7 @@ def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens,
     for _ in range(cell.repetitions):
         ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
         if cell.n_depth:
-            fill_depth(ctx, cell.n_depth, cell.n_batch, _resume_at(filler(), depth_cache, key, cell.n_depth),
-                       depth_cache, key)
+            fill_depth(ctx, cell.n_depth, cell.n_batch, filler(), depth_cache, key)
         meter.start()
         t0 = time.perf_counter_ns()
         if n_prompt:
