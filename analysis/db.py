@@ -103,10 +103,12 @@ def connect(run_dir: str | Path, database: str = ":memory:",
     con.execute("CREATE TABLE lost_tokens AS SELECT * FROM lost_tokens_table")
     con.unregister("lost_tokens_table")
     plan = layout.plan_file
+    con.register("plan_empty", _plan_schema().empty_table())
     if plan.exists():
-        con.execute(f"CREATE VIEW plan_raw AS SELECT * FROM read_parquet('{plan}')")
+        # every field of the current Cell, also in a plan an older kvsweep wrote
+        con.execute(f"CREATE VIEW plan_raw AS SELECT * FROM plan_empty UNION ALL BY NAME "
+                    f"SELECT * FROM read_parquet('{plan}')")
     else:
-        con.register("plan_empty", _plan_schema().empty_table())
         con.execute("CREATE VIEW plan_raw AS SELECT * FROM plan_empty")
     _register_reference_tables(con, budgets)
     con.execute(sql_text("views"))

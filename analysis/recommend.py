@@ -96,7 +96,7 @@ def _context_text(r: dict, notes: Notes) -> str:
     if r["config"] is None:
         notes.add(budget, "no candidate fit any depth on this host class.")
         return "nothing fit"
-    depth = fmt_depth(r["n_depth"])
+    depth = f"{r['n_depth']:,} tokens (measured ceiling)" if r.get("measured_ceiling") else fmt_depth(r["n_depth"])
     text = f"**{r['config']}**: fits {depth}"
     if r["ceiling_not_reached"]:
         text += ", the deepest measured"

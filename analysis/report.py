@@ -118,6 +118,7 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
     known_twins = query(con, "identical_known")
     for (model, n_ctx, baseline, backend), items in groups.items():
         items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
+        adaptive = any(r["precision"] for r in items)  # `[quality] precision`: say what each row reached
         table = []
         for r in items:
             is_base = r["config"] == baseline
@@ -126,7 +127,8 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
                 name += " †"
             # the seeds' four columns first, as in their posts, then KL p99 and the storage cost
             if r["ppl"] is None:
-                table.append([name, fmt_status(r["status"]), "", "", "", _bits(r["bits_per_value"])])
+                table.append([name, fmt_status(r["status"]), "", "", "", _bits(r["bits_per_value"])]
+                             + ([""] if adaptive else []))
                 continue
             table.append([
                 name,
@@ -135,14 +137,20 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
                 "n/a" if is_base else f"{100 * r['same_top_p']:.2f} ± {100 * r['same_top_unc']:.2f}%",
                 "baseline" if is_base else fmt_kl(r["kld_p99"]),
                 _bits(r["bits_per_value"]),
-            ])
+            ] + ([_precision_text(r, is_base)] if adaptive else []))
         ok = [r for r in items if r["n_tokens"]]
         where = sorted({f"`{r['host']}` ({r['host_class']})" for r in ok if r["host"]})
         on = f", on {backend}" if backend else ""
         out.append(Heading(f"{model}, n_ctx {n_ctx}: KL against a {baseline} cache{on}", 3))
         out.append(Table(["Cache", "PPL", f"KL vs {baseline}", "Top-1 token agreement", "KL p99",
-                          "Bits/value"], table, numeric={1, 2, 3, 4, 5}))
+                          "Bits/value"] + (["Chunks: precision reached"] if adaptive else []),
+                         table, numeric={1, 2, 3, 4, 5}))
         notes = []
+        if adaptive:
+            target = json.loads(items[0]["precision"])
+            notes.append(f"Chunks were added until the precision target was met ({_target_text(target)}; "
+                         "docs/measurement.md): each row says how many ran, why they stopped, and the "
+                         "standard error of its mean KL over chunks relative to the mean.")
         if ok:
             notes.append(f"{ok[0]['n_tokens']} scored tokens per row ({ok[0]['n_chunks']} chunks), "
                          f"measured on {', '.join(where)}. ± is one standard error (llama-perplexity's). "
@@ -311,6 +319,8 @@ def _speed_text(r: dict) -> str:
     if r["status"] != "ok":
         return fmt_status(r["status"])
     text = fmt_pm(r["avg_ts"], r["stddev_ts"])
+    if r.get("precision"):  # repetitions stopped at a precision target: say how many ran
+        text += f" (n={r['repetitions_run']})"
     return text + " †" if r["flags"] else text
 
 
@@ -337,6 +347,14 @@ def speed_sections(con, order: list[str], style, tests, chart_list: list[charts.
             flagged += [r for row in by_depth.values() for r in row.values() if r["flags"]]
             out.append(Heading(f"{title} tok/s ({tests.get((model, kind), kind)}) by depth", 3))
             out.append(Table(["Depth"] + configs, rows, numeric=set(range(1, len(configs) + 1))))
+        target = next((r["precision"] for k in ("tg", "pp") for row in grid.get((model, host_class, k), {}).values()
+                       for r in row.values() if r["precision"]), "")
+        if target:
+            t = json.loads(target)
+            out.append(Paragraph(
+                f"Repetitions stopped once the tokens/s figure had a relative standard error of at most "
+                f"{100 * t['rel_se']:g}% (at least {t['min_repetitions']}; `[speed] precision`, "
+                "docs/measurement.md): (n=…) is how many ran. ± is the standard deviation over them."))
         out += _at_depth_table(grid, model, host_class, order, tests)
         out += _ceiling_table(ceiling, depth_rows, model, host_class, order)
         if flagged:
@@ -373,10 +391,32 @@ def _at_depth_table(grid, model, host_class, order, tests) -> list[Block]:
             Table(["Cache", tests.get((model, "pp"), "pp"), tests.get((model, "tg"), "tg")], rows, numeric={1, 2})]
 
 
+def _target_text(target: dict) -> str:
+    parts = []
+    if target.get("kl_rel_se"):
+        parts.append(f"every mean KL to {100 * target['kl_rel_se']:g}% relative standard error")
+    if target.get("rank_confidence"):
+        parts.append(f"the order by KL at {100 * target['rank_confidence']:g}% confidence")
+    return " and ".join(parts) + f", at least {target.get('min_chunks', 2)} chunks"
+
+
+def _precision_text(r: dict, is_base: bool) -> str:
+    why = {"target": "target met", "corpus-end": "corpus end", "max-chunks": "max_chunks"}.get(
+        r["stop_reason"] or "", r["stop_reason"] or "")
+    if is_base or r["kld_rel_se"] is None:
+        reached = ""
+    elif r["kld_mean"] == 0:
+        reached = ", KL 0 in every chunk"
+    else:
+        reached = f", KL ±{100 * r['kld_rel_se']:.1f}%"
+    return f"{r['n_chunks']} ({why}{reached})"
+
+
 def _ceiling_table(ceiling, depth_rows, model, host_class, order) -> list[Block]:
     mine = {r["config"]: r for r in ceiling if r["model_name"] == model and r["host_class"] == host_class}
     if not mine:
         return []
+    measured = any(r["measured_status"] is not None for r in mine.values())
     memory = {(r["config"], r["n_depth"]): r["memory_bytes"] for r in depth_rows
               if r["model_name"] == model and r["host_class"] == host_class}
     rows = []
@@ -391,11 +431,31 @@ def _ceiling_table(ceiling, depth_rows, model, host_class, order) -> list[Block]
         else:
             stop = f"nothing: every depth up to {fmt_depth(r['deepest_planned'])} fit"
         mem = memory.get((c, r["deepest_fit"])) if r["deepest_fit"] is not None else None
-        rows.append([c, fit, stop, fmt_bytes(mem) if mem is not None else ""])
-    return [Heading("Context ceiling", 3),
-            Paragraph("The deepest depth at which each configuration's pp and tg cells both ran, "
-                      "and what stopped it at the next depth."),
-            Table(["Cache", "Deepest depth that fit", "Stopped by", "Memory there"], rows, numeric={1, 3})]
+        row = [c, fit, stop, fmt_bytes(mem) if mem is not None else ""]
+        if measured:
+            row += _measured_cells(r)
+        rows.append(row)
+    head = ["Cache", "Deepest depth that fit", "Stopped by", "Memory there"]
+    text = ("The deepest depth at which each configuration's pp and tg cells both ran, "
+            "and what stopped it at the next depth.")
+    if measured:
+        head += ["Measured ceiling", "Memory at it"]
+        text += (" The measured ceiling is bisected after the grid (`[speed] ceiling`): the deepest "
+                 "depth whose context llama.cpp makes within the worker's memory, and the shallowest "
+                 "found not to fit, which the matrix's resolution bounds (docs/measurement.md).")
+    return [Heading("Context ceiling", 3), Paragraph(text),
+            Table(head, rows, numeric={1, 3, 4, 5})]
+
+
+def _measured_cells(r: dict) -> list[str]:
+    if r["measured_status"] is None:
+        return ["", ""]
+    if r["measured_depth"] is None:
+        return [f"nothing fits ({fmt_status(r['measured_status'])})", ""]
+    bound = {"planner": ", bounded by the memory planner", "max-tokens": ", no memory limit found"}.get(
+        r["measured_bound"], "")
+    return [f"{r['measured_depth']:,} ({r['measured_fail_depth']:,} does not fit{bound})",
+            fmt_bytes(r["measured_bytes"])]
 
 
 def failures_section(con) -> list[Block]:

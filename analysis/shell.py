@@ -15,7 +15,7 @@ from kvsweep.analysis.db import connect, with_damage_retry
 
 # Views of views.sql and report_views.sql, in the order docs/sql.md explains them.
 VIEWS = ("attempts", "plan", "counted", "identical_results", "results", "cell_status", "tokens",
-         "quality", "quality_by_position", "generation_agreement", "speed",
+         "quality", "quality_by_position", "generation_agreement", "speed", "measured_ceiling",
          "untrusted", "depth_status", "context_ceiling", "host_memory", "kl_vs_bits",
          "config_quality", "rec_candidates", "rec_questions", "recommend_fastest",
          "recommend_context", "cross_backend")

@@ -6,6 +6,8 @@ A cell is one figure kvsweep measures, llama-bench style: one flat record with e
 - kind "quality": PPL and KL divergence of cache (type_k, type_v) against `baseline` at n_ctx.
 - kind "pp": prompt processing, n_prompt tokens at n_depth (llama-bench `pp512 @ d8192`).
 - kind "tg": generation, n_gen tokens at n_depth (llama-bench `tg128 @ d8192`).
+- kind "ceiling": the deepest depth at which the pp and tg tests of a configuration fit on a
+  host class, bisected after the depth grid (workers/ceiling.py).
 
 Fields that do not apply to a kind keep their zero value. A cell's id is a hash of every field
 that changes its result (the model's and corpus's sha256 rather than their paths or labels),
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field, fields
 QUALITY = "quality"
 PROMPT = "pp"
 GENERATION = "tg"
-KINDS = (QUALITY, PROMPT, GENERATION)
+CEILING = "ceiling"
+KINDS = (QUALITY, PROMPT, GENERATION, CEILING)
+SPEED_KINDS = (PROMPT, GENERATION)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class Cell:
     repetitions: int = 0
     host_class: str = ""  # speed results belong to a host class
     fill: str = ""  # what fills the cache to n_depth: "" = random tokens (llama-bench), "corpus"
+    # adaptive precision (kvsweep/precision.py), JSON: quality cells stop adding chunks, speed
+    # cells repetitions (then `repetitions` is the most), once the target is met; "" = none
+    precision: str = ""
+    # ceiling cells (JSON): the depth grid it follows and the resolution of its bisection
+    ceiling: str = ""
     cell_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +91,8 @@ class Cell:
         """llama-bench's name for the test: pp512, tg128 @ d4096, ppl@4096."""
         if self.kind == QUALITY:
             return f"ppl@{self.n_ctx}"
+        if self.kind == CEILING:
+            return "ceiling"
         base = f"pp{self.n_prompt}" if self.kind == PROMPT else f"tg{self.n_gen}"
         return f"{base} @ d{self.n_depth}" if self.n_depth else base
 
@@ -104,7 +115,7 @@ _IDENTITY_NAMES = tuple(n for n in _FIELD_NAMES if n not in _NOT_IDENTITY)
 # Fields added after results existed enter the id only when set, so a run made before them
 # keeps its cell ids (and resumes) as long as it does not use them.
 _DEFAULTS = {f.name: f.default for f in fields(Cell)}
-_ID_WHEN_SET = {"score", "gen_tokens", "gen_depths", "gen_prompts", "fill"}
+_ID_WHEN_SET = {"score", "gen_tokens", "gen_depths", "gen_prompts", "fill", "precision", "ceiling"}
 
 
 def compute_cell_id(cell: Cell) -> str:
@@ -131,6 +142,12 @@ class WorkUnit:
     backend: str = ""
     exclude_nodes: tuple[str, ...] = ()
     min_free_memory: int = 0
+    # ceiling units: per cell id, (deepest grid depth that ran or None, first deeper depth that
+    # did not fit or None), filled in by the scheduler once the series is final
+    ceiling_bounds: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # the worker it was handed to: its memory (the --memory-limit where one is set) and backend
+    worker_memory: int = 0
+    worker_backend: str = ""
 
     @property
     def kind(self) -> str:

@@ -101,6 +101,7 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("score", pa.string()),  # '' = second half of each chunk (llama-perplexity), 'all'
         ("gen_tokens", pa.int32()),  # generation agreement: tokens decoded per prompt
         ("fill", pa.string()),  # speed: '' = random tokens fill the depth, 'corpus' = corpus text
+        ("precision", pa.string()),  # the cell's precision target (JSON, kvsweep/precision.py), '' = none
         # provenance
         ("kvsweep_version", pa.string()),
         ("llama_cpp_python_version", pa.string()),
@@ -135,7 +136,7 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("host_load_window_s", pa.float64()),  # seconds measured: the timed parts together
         ("host_cpu_pressure", pa.float64()),  # share of them some task waited for a CPU (PSI)
         ("host_other_cores", pa.float64()),  # CPU time of other processes, in cores
-        ("host_steal_cores", pa.float64()),  # the hypervisor's steal time, in cores  # the worker process's niceness when the cell ran
+        ("host_steal_cores", pa.float64()),  # the hypervisor's steal time, in cores
         ("unit_contexts", pa.int32()),  # llama.cpp contexts its quality unit kept alive at once
         # the KV cache as llama.cpp reported making it, and whether that is what the cell asked
         ("kv_type_k", pa.string()),  # K type of the KV cache's summary line ('' if not logged)
@@ -144,7 +145,11 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("bits_v", pa.float64()),
         ("config_check", pa.string()),  # '' when the context is the cell's; else what differs
         # quality summary (exact statistics come from the tokens table)
-        ("n_chunks", pa.int32()),
+        ("n_chunks", pa.int32()),  # chunks run (fewer than planned when a precision target was met)
+        # why the cell stopped measuring: target | corpus-end | max-chunks (quality),
+        # target | repetitions (speed); kvsweep/precision.py
+        ("stop_reason", pa.string()),
+        ("kld_rel_se_chunks", pa.float64()),  # relative standard error of kld_mean over chunks
         ("n_tokens", pa.int64()),
         ("ppl", pa.float64()),
         ("ppl_base", pa.float64()),
@@ -167,6 +172,16 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("stddev_ts", pa.float64()),
         ("samples_ns", pa.list_(pa.int64())),
         ("samples_ts", pa.list_(pa.float64())),
+        ("ts_rel_se", pa.float64()),  # relative standard error of avg_ts over the repetitions
+        # context ceiling (kind 'ceiling', workers/ceiling.py): the deepest depth that fits, the
+        # shallowest found not to, the resolution bisected to, the memory at the ceiling, what
+        # bounded the search from above, and every probe as 'depth:outcome:bytes'
+        ("ceiling_depth", pa.int64()),
+        ("ceiling_fail_depth", pa.int64()),
+        ("ceiling_resolution", pa.int64()),
+        ("ceiling_bytes", pa.int64()),
+        ("ceiling_bound", pa.string()),
+        ("ceiling_probes", pa.list_(pa.string())),
         # out of memory: the failed allocation's size, from llama.cpp's log
         ("needed_bytes", pa.int64()),
     ]

@@ -219,6 +219,8 @@ def _run_options(c: argparse.ArgumentParser) -> None:
                    help="what to run again: missing cells only; also failed (default); also oom/skipped; "
                         "failed and also speed cells flagged host-busy")
     c.add_argument("--workers", type=int, default=1, help="worker actors on this host (embedded Ray)")
+    c.add_argument("--memory-limit", default="", help="embedded Ray: memory kvsweep may assume on this "
+                   "host, e.g. 2GiB (placement, and the context ceiling's probes: docs/measurement.md)")
     c.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     c.add_argument("--no-progress", action="store_true", help="log lines instead of a live display")
     c.add_argument("--flush-every", type=float, default=1.0, metavar="SECONDS",
@@ -227,11 +229,13 @@ def _run_options(c: argparse.ArgumentParser) -> None:
 
 
 def _options(args, run_dir: Path | None):
+    from kvsweep.orchestrator import fleet_cli
     from kvsweep.orchestrator.sweep import RunOptions
 
     return RunOptions(run_dir=run_dir, address=args.address, redo=args.redo, n_workers=args.workers,
                       report=not args.no_report, progress=False if args.no_progress else None,
-                      flush_interval_s=args.flush_every)
+                      flush_interval_s=args.flush_every,
+                      memory_limit=fleet_cli.parse_size(args.memory_limit) if args.memory_limit else 0)
 
 
 def _finish(result) -> int:
@@ -253,7 +257,7 @@ def _finish(result) -> int:
 
 def cmd_run(args) -> int:
     if args.dry_run:
-        return _print_dry_run(args.matrix, args.address)
+        return _print_dry_run(args.matrix, args.address, _options(args, None).memory_limit)
     from kvsweep.orchestrator.sweep import run_sweep
 
     return _finish(run_sweep(args.matrix, _options(args, args.run_dir)))
@@ -274,11 +278,11 @@ def cmd_resume(args) -> int:
     return _finish(run_sweep(matrix_path, _options(args, args.run_dir), matrix=matrix))
 
 
-def _print_dry_run(matrix_path: Path, address: str | None) -> int:
+def _print_dry_run(matrix_path: Path, address: str | None, memory_limit: int = 0) -> int:
     from kvsweep.orchestrator.plan_view import print_plan
     from kvsweep.orchestrator.sweep import dry_run
 
-    plan = dry_run(matrix_path, address)
+    plan = dry_run(matrix_path, address, memory_limit)
     print_plan(plan, address)
     return EXIT_BAD_INPUT if plan.problems else 0
 

@@ -92,7 +92,8 @@ def learn_storage(capabilities: dict) -> None:
             cache_types.learn(cache_types.from_build(name, facts["block_size"], facts["type_size"]))
 
 
-def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "") -> None:
+def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: str = "",
+                   memory_limit: int = 0) -> None:
     prepare_loopback_env()
     # Ray starts worker processes at niceness 15 unless told otherwise: on a host where anything
     # else runs, the timed loops would then lose the CPU to it and llama-bench (niceness 0) would
@@ -101,6 +102,8 @@ def start_embedded(n_workers: int = 1, num_cpus: int | None = None, host_class: 
     import ray
 
     labels = {LABEL_HOST_CLASS: host_class} if host_class else {}
+    if memory_limit:  # the memory kvsweep may assume on this host (`kvsweep run --memory-limit`)
+        labels[LABEL_MEMORY] = str(memory_limit)
     ray.init(
         # "local": always a new cluster of our own. Without it ray.init() joins a cluster that
         # another process on this machine started (found through /tmp/ray/ray_current_cluster)
@@ -132,7 +135,7 @@ def connect(address: str) -> None:
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
 
 
-def ensure_ray(address: str | None, n_workers: int = 1) -> bool:
+def ensure_ray(address: str | None, n_workers: int = 1, memory_limit: int = 0) -> bool:
     """Join `address`, or start an embedded cluster, unless this process already has Ray.
 
     Returns whether it started or joined one (then the caller shuts it down). The environment
@@ -144,7 +147,7 @@ def ensure_ray(address: str | None, n_workers: int = 1) -> bool:
     if address:
         connect(address)
     else:
-        start_embedded(n_workers=n_workers)
+        start_embedded(n_workers=n_workers, memory_limit=memory_limit)
     return True
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kvsweep import cache_types, defaults
+from kvsweep.precision import QualityPrecision, SpeedPrecision
 from kvsweep.fault_plan import validate as validate_faults
 from kvsweep.model_recipe import ARCHITECTURES, ModelRecipe
 
@@ -64,6 +65,7 @@ class QualitySpec:
     max_contexts: int = defaults.MAX_CONTEXTS  # compared contexts alive next to one baseline pass
     score: str = ""  # "" = second half of each chunk (llama-perplexity); "all" = every position
     generation: GenerationSpec | None = None
+    precision: QualityPrecision | None = None  # None: every chunk (as llama-perplexity)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,17 @@ class SpeedSpec:
     n_ubatch: int = 512
     fill: str = "random"  # what fills the cache to each depth: "random" tokens or "corpus" text
     corpus: Path | None = None  # the text for fill = "corpus" (default: [quality].corpus)
+    precision: SpeedPrecision | None = None  # None: every repetition, as llama-bench
+    ceiling: CeilingSpec | None = None  # None: the ceiling is the deepest depth of the grid that fit
+
+
+@dataclass(frozen=True)
+class CeilingSpec:
+    """`[speed] ceiling`: bisect the context ceiling after the depth grid (workers/ceiling.py)."""
+
+    # stop when the interval is at most this many tokens ("256") or this share of the first
+    # interval ("1/16")
+    resolution: str = "1/16"
 
 
 @dataclass(frozen=True)
@@ -442,7 +455,8 @@ def _configs(r: _Reader, value, runtime: RuntimeSpec) -> list[tuple[str, str]]:
 def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
     t = r.table(_as_table(r, value, "quality"), "quality", {
         "corpus": None, "n_ctx": [512], "max_chunks": 0, "baseline": "f16", "n_batch": 512,
-        "n_ubatch": 512, "max_contexts": defaults.MAX_CONTEXTS, "score": "second-half", "generation": None})
+        "n_ubatch": 512, "max_contexts": defaults.MAX_CONTEXTS, "score": "second-half", "generation": None,
+        "precision": None})
     corpus = t["corpus"]
     if not isinstance(corpus, str) or not corpus:
         r.problem("quality.corpus", "needs a text file to measure perplexity on",
@@ -461,10 +475,89 @@ def _quality(r: _Reader, value, base: Path) -> QualitySpec | None:
         r.problem("quality.score", f"must be one of {', '.join(SCORES)}, got {t['score']!r}",
                   '"all" scores every position of a chunk, for quality by depth (docs/measurement.md)')
     generation = _generation(r, t["generation"], n_ctx) if t["generation"] is not None else None
+    target = _quality_precision(r, t["precision"], values["max_chunks"]) if t["precision"] is not None else None
     if None in values.values() or not n_ctx or not baseline:
         return None
     return QualitySpec(corpus=corpus_path, n_ctx=n_ctx, baseline=baseline,
-                       score="all" if t["score"] == "all" else "", generation=generation, **values)
+                       score="all" if t["score"] == "all" else "", generation=generation,
+                       precision=target, **values)
+
+
+def _share(r: _Reader, value, key: str, what: str, upper: float = 1.0):
+    """A number in (0, upper), e.g. a relative standard error or a confidence."""
+    v = r.typed(value, key, float, what)
+    if v is not None and not 0 < v < upper:
+        r.problem(key, f"must be between 0 and {upper:g} (exclusive), got {value!r}", f"e.g. {key.split('.')[-1]} = 0.05")
+        return None
+    return v
+
+
+def _quality_precision(r: _Reader, value, max_chunks: int | None) -> QualityPrecision | None:
+    d = QualityPrecision()
+    key = "quality.precision"
+    t = r.table(_as_table(r, value, key), key, {"kl_rel_se": None, "rank_confidence": None,
+                                                "min_chunks": d.min_chunks})
+    if t["kl_rel_se"] is None and t["rank_confidence"] is None:
+        r.problem(key, "sets no target", "set kl_rel_se = 0.05 (KL known to 5%) and/or "
+                  "rank_confidence = 0.95 (the caches' order by KL known at 95%); docs/measurement.md")
+        return None
+    rel = _share(r, t["kl_rel_se"], f"{key}.kl_rel_se", "a relative standard error, e.g. 0.05") \
+        if t["kl_rel_se"] is not None else 0.0
+    conf = _share(r, t["rank_confidence"], f"{key}.rank_confidence", "a confidence, e.g. 0.95") \
+        if t["rank_confidence"] is not None else 0.0
+    if conf and conf <= 0.5:
+        r.problem(f"{key}.rank_confidence", f"must be above 0.5, got {conf}", "e.g. rank_confidence = 0.95")
+        return None
+    min_chunks = r.positive(t["min_chunks"], f"{key}.min_chunks")
+    if min_chunks is not None and min_chunks < 2:
+        r.problem(f"{key}.min_chunks", f"must be at least 2 (a spread needs two chunks), got {min_chunks}")
+        return None
+    if min_chunks is not None and max_chunks and min_chunks > max_chunks:
+        r.problem(f"{key}.min_chunks", f"{min_chunks} is more than quality.max_chunks = {max_chunks}",
+                  "lower min_chunks or raise max_chunks")
+        return None
+    if None in (rel, conf, min_chunks):
+        return None
+    return QualityPrecision(kl_rel_se=rel, rank_confidence=conf, min_chunks=min_chunks)
+
+
+def _speed_precision(r: _Reader, value, repetitions: int | None) -> SpeedPrecision | None:
+    key = "speed.precision"
+    t = r.table(_as_table(r, value, key), key, {"rel_se": None, "min_repetitions": 3})
+    if t["rel_se"] is None:
+        r.problem(f"{key}.rel_se", "is needed: the relative standard error of t/s to stop at",
+                  "e.g. precision = { rel_se = 0.01 } (repetitions is then the most)")
+        return None
+    rel = _share(r, t["rel_se"], f"{key}.rel_se", "a relative standard error, e.g. 0.01")
+    least = r.positive(t["min_repetitions"], f"{key}.min_repetitions")
+    if least is not None and least < 3:
+        r.problem(f"{key}.min_repetitions", f"must be at least 3, got {least}")
+        return None
+    if least is not None and repetitions is not None and least > repetitions:
+        r.problem(f"{key}.min_repetitions", f"{least} is more than speed.repetitions = {repetitions} "
+                  "(the most repetitions a cell runs)", "raise repetitions, e.g. repetitions = 20")
+        return None
+    if rel is None or least is None:
+        return None
+    return SpeedPrecision(rel_se=rel, min_repetitions=least)
+
+
+def _ceiling(r: _Reader, value) -> CeilingSpec | None:
+    key = "speed.ceiling"
+    t = r.table(_as_table(r, value, key), key, {"resolution": CeilingSpec.resolution})
+    res = t["resolution"]
+    fix = 'resolution = 256 (tokens) or resolution = "1/16" (of the first interval)'
+    if isinstance(res, int) and not isinstance(res, bool):
+        if not 1 <= res <= MAX_TOKENS:
+            r.problem(f"{key}.resolution", f"must be 1 to {MAX_TOKENS:,} tokens, got {res}", fix)
+            return None
+        return CeilingSpec(resolution=str(res))
+    if isinstance(res, str):
+        parts = res.split("/")
+        if len(parts) == 2 and parts[0].strip() == "1" and parts[1].strip().isdigit() and int(parts[1]) >= 2:
+            return CeilingSpec(resolution=f"1/{int(parts[1])}")
+    r.problem(f"{key}.resolution", f"must be a token count or a share like \"1/16\", got {res!r}", fix)
+    return None
 
 
 def _generation(r: _Reader, value, n_ctx: tuple[int, ...]) -> GenerationSpec | None:
@@ -490,10 +583,14 @@ def _speed(r: _Reader, value, base: Path) -> SpeedSpec | None:
     t = r.table(_as_table(r, value, "speed"), "speed", {
         "depths": list(d.depths), "n_prompt": d.n_prompt, "n_gen": d.n_gen,
         "repetitions": d.repetitions, "n_batch": d.n_batch, "n_ubatch": d.n_ubatch,
-        "fill": d.fill, "corpus": None})
+        "fill": d.fill, "corpus": None, "precision": None, "ceiling": None})
     depths = r.int_list(t["depths"], "speed.depths", "depths = [0, 8192, 65536]", allow_zero=True)
     values = {k: r.positive(t[k], f"speed.{k}", allow_zero=k in ("n_prompt", "n_gen"))
               for k in ("n_prompt", "n_gen", "repetitions", "n_batch", "n_ubatch")}
+    target = _speed_precision(r, t["precision"], values["repetitions"]) if t["precision"] is not None else None
+    ceiling = _ceiling(r, t["ceiling"]) if t["ceiling"] is not None else None
+    if (t["precision"] is not None and target is None) or (t["ceiling"] is not None and ceiling is None):
+        return None
     if None in values.values() or not depths:
         return None
     if values["n_prompt"] == 0 and values["n_gen"] == 0:
@@ -510,7 +607,7 @@ def _speed(r: _Reader, value, base: Path) -> SpeedSpec | None:
             return None
         corpus = Path(t["corpus"]).expanduser()
         corpus = corpus if corpus.is_absolute() else base / corpus
-    return SpeedSpec(depths=depths, fill=t["fill"], corpus=corpus, **values)
+    return SpeedSpec(depths=depths, fill=t["fill"], corpus=corpus, precision=target, ceiling=ceiling, **values)
 
 
 def _runtime(r: _Reader, value) -> RuntimeSpec:

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from kvsweep import defaults
-from kvsweep.cells import GENERATION, PROMPT, QUALITY, Cell, WorkUnit
+from kvsweep.cells import CEILING, GENERATION, PROMPT, QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.inputs import ResolvedInputs
 from kvsweep.orchestrator.matrix import Matrix
 
@@ -62,7 +62,9 @@ def expand(
                             kind=QUALITY, type_k=k, type_v=v, n_ctx=n_ctx, max_chunks=q.max_chunks,
                             corpus_path=inputs.corpus_path, corpus_sha256=inputs.corpus_sha256,
                             baseline=q.baseline, n_batch=q.n_batch, n_ubatch=q.n_ubatch,
-                            quality_backend=backend, score=q.score, **generation, **who, **common,
+                            quality_backend=backend, score=q.score,
+                            precision=q.precision.to_json() if q.precision else "",
+                            **generation, **who, **common,
                         ))
         s = matrix.speed
         if s is not None:
@@ -77,8 +79,19 @@ def expand(
                             cells.append(Cell(
                                 kind=kind, type_k=k, type_v=v, n_depth=depth, n_prompt=n_prompt,
                                 n_gen=n_gen, repetitions=s.repetitions, n_batch=s.n_batch,
-                                n_ubatch=s.n_ubatch, host_class=host_class, **fill, **who, **common,
+                                n_ubatch=s.n_ubatch, host_class=host_class,
+                                precision=s.precision.to_json() if s.precision else "",
+                                **fill, **who, **common,
                             ))
+                    if s.ceiling is not None:
+                        # after the grid: the ceiling between its deepest fit and first failure
+                        cells.append(Cell(
+                            kind=CEILING, type_k=k, type_v=v, n_prompt=s.n_prompt, n_gen=s.n_gen,
+                            n_batch=s.n_batch, n_ubatch=s.n_ubatch, host_class=host_class,
+                            ceiling=json.dumps({"depths": list(s.depths), "resolution": s.ceiling.resolution},
+                                               separators=(",", ":")),
+                            **who, **common,
+                        ))
     return cells
 
 
@@ -89,7 +102,7 @@ def _unit_id(cells: list[Cell]) -> str:
 def quality_group_key(c: Cell) -> tuple:
     return (c.model_sha256, c.corpus_sha256, c.n_ctx, c.max_chunks, c.baseline, c.n_batch,
             c.n_ubatch, c.flash_attn, c.n_threads, c.env, c.n_gpu_layers, c.quality_backend,
-            c.score, c.gen_tokens, c.gen_depths, c.gen_prompts)
+            c.score, c.gen_tokens, c.gen_depths, c.gen_prompts, c.precision)
 
 
 def speed_series_key(c: Cell) -> tuple:
@@ -97,11 +110,30 @@ def speed_series_key(c: Cell) -> tuple:
             c.n_ubatch, c.n_threads, c.env, c.n_gpu_layers, c.fill, c.corpus_sha256)
 
 
+def _grid_key(c: Cell) -> tuple:
+    return (c.model_sha256, c.type_k, c.type_v, c.host_class, c.flash_attn, c.n_batch, c.n_ubatch,
+            c.n_threads, c.env, c.n_gpu_layers)
+
+
+def ceiling_grids(cells: Iterable[Cell]) -> dict[str, list[tuple[int, str]]]:
+    """Per ceiling cell, the (depth, cell id) of the speed cells of its depth grid."""
+    cells = list(cells)
+    speed: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+    for c in cells:
+        if c.kind in (PROMPT, GENERATION):
+            speed[_grid_key(c)].append((c.n_depth, c.cell_id))
+    return {c.cell_id: sorted(speed.get(_grid_key(c), [])) for c in cells if c.kind == CEILING}
+
+
 def make_units(cells: Iterable[Cell], max_contexts: int = defaults.MAX_CONTEXTS) -> list[WorkUnit]:
     """Group cells into units; models stay together so workers load each model rarely."""
     quality: dict[tuple, list[Cell]] = defaultdict(list)
     speed: dict[tuple, list[Cell]] = defaultdict(list)
+    ceilings: list[Cell] = []
     for c in cells:
+        if c.kind == CEILING:
+            ceilings.append(c)  # a unit of its own: it needs its series' results first
+            continue
         (quality[quality_group_key(c)] if c.kind == QUALITY else speed[speed_series_key(c)]).append(c)
     units: list[WorkUnit] = []
     for key, group in quality.items():
@@ -118,12 +150,14 @@ def make_units(cells: Iterable[Cell], max_contexts: int = defaults.MAX_CONTEXTS)
         series.sort(key=lambda c: (c.n_depth, c.kind != PROMPT))
         units.append(WorkUnit(_unit_id(series), series, series[0].model_sha256,
                               host_class=series[0].host_class))
-    units.sort(key=lambda u: (u.model_sha256, u.kind != QUALITY))
+    for c in ceilings:
+        units.append(WorkUnit(_unit_id([c]), [c], c.model_sha256, host_class=c.host_class))
+    units.sort(key=lambda u: (u.model_sha256, u.kind != QUALITY, u.kind == CEILING))
     return units
 
 
 def summarize(cells: list[Cell]) -> list[tuple[str, str, int]]:
     """(model, kind, count) rows for the dry-run table."""
     counts = Counter((c.model_name, c.kind) for c in cells)
-    order = {QUALITY: 0, PROMPT: 1, GENERATION: 2}
+    order = {QUALITY: 0, PROMPT: 1, GENERATION: 2, CEILING: 3}
     return sorted(((m, k, n) for (m, k), n in counts.items()), key=lambda r: (r[0], order[r[1]]))

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from kvsweep import defaults
 from kvsweep.cache_types import config_label
-from kvsweep.cells import QUALITY
+from kvsweep.cells import QUALITY, SPEED_KINDS
 from kvsweep.orchestrator.memory_plan import eligible, fits, unsupported
 from kvsweep.orchestrator.plan import make_units, summarize
 from kvsweep.paths import fmt_bytes
@@ -64,7 +64,7 @@ def _print_types(matrix, cells, view, out) -> None:
 
 
 def _print_memory(cells, view, preds, out) -> None:
-    speed = [c for c in cells if c.kind != QUALITY and c.cell_id in preds]
+    speed = [c for c in cells if c.kind in SPEED_KINDS and c.cell_id in preds]
     if not speed and not preds:
         out("\nmemory: not predicted (the model files are not on this host)")
         return
@@ -85,7 +85,7 @@ def _print_memory(cells, view, preds, out) -> None:
             out("  " + config.ljust(cw) + "".join(f"{need[(config, d)] / 2**30:>9.2f}" for d in depths))
     out("\nfits (cells predicted to fit on at least one eligible worker):")
     for host_class in sorted({s.host_class for s in view.slots}):
-        mine = [c for c in cells if c.cell_id in preds and c.host_class == host_class]
+        mine = [c for c in cells if c.cell_id in preds and c.host_class == host_class and c.kind in SPEED_KINDS]
         slots = [s for s in view.slots if s.host_class == host_class]
         ok = [c for c in mine if any(fits(preds[c.cell_id], s.memory_total, s.backend) for s in slots)]
         out(f"  {host_class}: {len(ok)} of {len(mine)} speed cells"

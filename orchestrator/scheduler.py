@@ -16,6 +16,8 @@ Ray does the distribution (actors, streaming generators, restarts); this is the 
 - timeout: no event for cell_timeout_s. The actor is killed (and restarted by Ray), the
   running cell(s) recorded as timeout, the rest of the unit queued again.
 - node lost: its cells are recorded (flag node-lost, not counted as crashes) and run elsewhere.
+- ceilings: a ceiling unit is held until no cell of its depth grid is queued or running, then
+  handed the grid's outcome (deepest depth that ran, first that did not fit) to bisect from.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from kvsweep import defaults, records
-from kvsweep.cells import QUALITY, Cell, WorkUnit
+from kvsweep.cells import CEILING, QUALITY, Cell, WorkUnit
 from kvsweep.orchestrator.fleet import WorkerSlot, node_alive
 from kvsweep.orchestrator.memory_plan import builds_run, eligible, fits, pack_quality, placeable
 from kvsweep.orchestrator.plan import make_units
@@ -86,6 +88,8 @@ class Scheduler:
         on_event: Callable[[str, WorkerSlot | None, object], None] = lambda *a: None,
         refresh_fleet: Callable[[], list[WorkerSlot]] | None = None,
         predicted: dict | None = None,
+        ceiling_grids: dict[str, list[tuple[int, str]]] | None = None,
+        known_status: dict[str, str] | None = None,
     ):
         self.cells = {c.cell_id: c for c in cells}
         self.slots = slots
@@ -96,7 +100,12 @@ class Scheduler:
         self.attempts = Counter(attempts_so_far or {})
         self.crashes: Counter = Counter()
         self.oom_nodes: dict[str, set[str]] = {}
-        self.queue: deque[WorkUnit] = deque(make_units(cells, policy.max_contexts))
+        units = make_units(cells, policy.max_contexts)
+        self.queue: deque[WorkUnit] = deque(u for u in units if u.kind != CEILING)
+        # ceiling units wait for their depth grid (_release_ceilings)
+        self.held: list[WorkUnit] = [u for u in units if u.kind == CEILING]
+        self.ceiling_grids = ceiling_grids or {}  # ceiling cell id -> [(depth, speed cell id)]
+        self.known_status = known_status or {}  # cell id -> how it ended in earlier sessions
         self.in_flight: dict[str, InFlight] = {}
         self.summary = Summary()
         self.on_event = on_event
@@ -109,9 +118,13 @@ class Scheduler:
         import ray
 
         try:
-            while self.queue or self.in_flight:
+            while self.queue or self.in_flight or self.held:
+                self._release_ceilings()
                 self._dispatch()
                 if not self.in_flight:
+                    if self.held and not self.queue:
+                        self._release_ceilings(force=True)  # what is left of their grids never runs
+                        continue
                     if self.queue:
                         self._strand_queue()
                     break
@@ -140,12 +153,31 @@ class Scheduler:
             unit = self._take_unit_for(slot)
             if unit is None:
                 continue
+            unit.worker_memory, unit.worker_backend = slot.memory_total, slot.backend
             gen = slot.actor.run_unit.remote(unit, self.corpora_refs)
             now = time.monotonic()
             self.in_flight[slot.worker_id] = InFlight(slot, unit, gen, now, now, [c.cell_id for c in unit.cells])
             slot.busy = True
             slot.loaded_model = unit.model_sha256
             self.on_event("dispatched", slot, unit)
+
+    def _release_ceilings(self, force: bool = False) -> None:
+        """Queue the ceiling units whose depth grid is done (or all, with `force`), each with
+        its grid's bounds: the deepest depth whose every speed cell ended ok, and the first
+        deeper one that ran out of memory or that the planner refused (None: none did)."""
+        if not self.held:
+            return
+        pending = {c.cell_id for u in self.queue for c in u.cells}
+        pending.update(cid for f in self.in_flight.values() for cid in f.pending)
+        for unit in list(self.held):
+            cid = unit.cells[0].cell_id
+            grid = self.ceiling_grids.get(cid, [])
+            if not force and any(sid in pending for _, sid in grid):
+                continue
+            self.held.remove(unit)
+            unit.ceiling_bounds[cid] = grid_bounds(
+                [(d, self.summary.final.get(sid) or self.known_status.get(sid, "")) for d, sid in grid])
+            self.queue.append(unit)
 
     def _take_unit_for(self, slot: WorkerSlot) -> WorkUnit | None:
         """The first queued unit this worker may run of the model it has loaded, else the
@@ -484,6 +516,18 @@ class Scheduler:
         self._record(cell, outcome, slot)
 
 
+def grid_bounds(statuses: list[tuple[int, str]]) -> tuple[int | None, int | None]:
+    """(deepest depth at which every cell ended ok, first deeper depth that did not fit)."""
+    by_depth: dict[int, list[str]] = {}
+    for depth, status in statuses:
+        by_depth.setdefault(depth, []).append(status)
+    ok = [d for d, st in by_depth.items() if all(s == records.OK for s in st)]
+    lo = max(ok) if ok else None
+    failed = [d for d, st in by_depth.items() if d > (lo if lo is not None else -1)
+              and any(s in (records.OOM, records.PREDICTED_OOM) for s in st)]
+    return lo, (min(failed) if failed else None)
+
+
 def _next_ready(gen) -> bool:
     """Whether the worker's next event is already here (False when unsure: the loop's
     ray.wait then picks the stream up again)."""
@@ -544,7 +588,7 @@ def attempt_row(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | Non
     for name in ("model_name", "model_sha256", "type_k", "type_v", "flash_attn", "n_gpu_layers",
                  "n_batch", "n_ubatch", "env", "n_ctx", "max_chunks", "corpus_sha256", "baseline",
                  "n_depth", "n_prompt", "n_gen", "repetitions", "host_class", "score", "gen_tokens",
-                 "fill"):
+                 "fill", "precision"):
         row[name] = getattr(cell, name)
     if slot is not None:
         row.update(slot.row_fields())

@@ -22,7 +22,7 @@ from kvsweep.orchestrator import memory_plan
 from kvsweep.orchestrator.history import cells_to_run, read_history
 from kvsweep.orchestrator.inputs import resolve_inputs
 from kvsweep.orchestrator.matrix import BuildTypes, Matrix, MatrixError, load_matrix, type_problems
-from kvsweep.orchestrator.plan import expand, make_units
+from kvsweep.orchestrator.plan import ceiling_grids, expand, make_units
 from kvsweep.orchestrator.progress import ProgressView
 from kvsweep.orchestrator.run_dir import RunDir, new_session_id
 from kvsweep.orchestrator.scheduler import Policy, Scheduler, Summary
@@ -66,6 +66,7 @@ class RunOptions:
     report: bool = True
     flush_interval_s: float = 1.0
     fleet_refresh_s: float = 10.0  # with --address: how often to look for hosts that joined
+    memory_limit: int = 0  # embedded cluster only: memory kvsweep may assume (0: all)
 
 
 def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
@@ -90,7 +91,7 @@ def run_sweep(matrix_path: str | Path, opts: RunOptions | None = None,
 
 
 def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> SweepResult:
-    started_ray = fleet_mod.ensure_ray(opts.address, opts.n_workers)
+    started_ray = fleet_mod.ensure_ray(opts.address, opts.n_workers, opts.memory_limit)
     import ray
 
     slots = []
@@ -136,6 +137,8 @@ def _run_locked(matrix: Matrix, inputs, run_dir: RunDir, opts: RunOptions) -> Sw
                 todo, slots, sink, manifest["run_id"], _policy(matrix, opts), corpora,
                 attempts_so_far={k: h.attempts for k, h in history.items()},
                 on_event=progress.on_event, refresh_fleet=refresh, predicted=predicted,
+                ceiling_grids=ceiling_grids(cells),
+                known_status={k: (records.OK if h.ok else h.last_status) for k, h in history.items()},
             )
             nowhere = memory_plan.unsupported(todo, slots)
             if nowhere:
@@ -234,11 +237,14 @@ class FleetView:
     slots: list  # _ViewSlot: host class, backend, memory, build and what it runs
 
 
-def fleet_view(address: str | None) -> FleetView:
+def fleet_view(address: str | None, memory_limit: int = 0) -> FleetView:
+    """`memory_limit`: without an address, the embedded cluster's `--memory-limit`."""
     from kvsweep.orchestrator.fleet_nodes import list_workers
 
     rows = list_workers(address)
-    slots = [_ViewSlot(r.host_class, r.backend, r.memory, f"{r.build}", r.cache_types, r.kv_pairs)
+    limit = memory_limit if not address else 0
+    slots = [_ViewSlot(r.host_class, r.backend, min(r.memory, limit) if limit else r.memory, f"{r.build}",
+                       r.cache_types, r.kv_pairs)
              for r in rows for _ in range(r.devices)]
     return FleetView(sorted({r.host_class for r in rows}), sorted({r.backend for r in rows}), slots)
 
@@ -270,8 +276,8 @@ class DryRun:
     warnings: list[str]  # it runs, but probably not as meant
 
 
-def dry_run(matrix_path: str | Path, address: str | None = None) -> DryRun:
-    view = fleet_view(address)
+def dry_run(matrix_path: str | Path, address: str | None = None, memory_limit: int = 0) -> DryRun:
+    view = fleet_view(address, memory_limit)
     matrix = load_matrix(matrix_path)
     inputs = resolve_inputs(matrix)
     cells = expand(matrix, inputs, view.host_classes, view.backends)

@@ -250,6 +250,10 @@ class ContextFacts:
     """What llama.cpp said when it made the context (from its log)."""
 
     kv_bytes: int = 0
+    # the other buffers llama.cpp reported allocating for the context (all devices together)
+    compute_bytes: int = 0
+    output_bytes: int = 0
+    recurrent_bytes: int = 0  # a hybrid's recurrent state ("RS buffer")
     flash_attn_enabled: bool | None = None
     attn_rot_k: bool | None = None
     attn_rot_v: bool | None = None
@@ -335,9 +339,17 @@ def _parse_facts(lines: list[str]) -> ContextFacts:
             facts.kv_notes.append(line.strip())
         if "Flash Attention not supported, set to disabled" in line:
             facts.flash_attn_auto_disabled = True
-        m = re.search(r"KV buffer size\s*=\s*([\d.]+)\s*MiB", line)
+        m = re.search(r"(KV|RS|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB", line)
         if m:
-            facts.kv_bytes += int(float(m.group(1)) * 1024 * 1024)
+            size = int(float(m.group(2)) * 1024 * 1024)
+            if m.group(1) == "KV":
+                facts.kv_bytes += size
+            elif m.group(1) == "RS":
+                facts.recurrent_bytes += size
+            elif m.group(1) == "compute":
+                facts.compute_bytes += size
+            else:
+                facts.output_bytes += size
         m = re.search(r"flash_attn\s*=\s*(\w+)", line)
         if m and "llama_context" in line:
             facts.flash_attn_enabled = m.group(1) == "enabled" or m.group(1) == "1"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvsweep import records
+from kvsweep import precision, records
 from kvsweep.cells import Cell
 from kvsweep.workers import faults, generation, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
@@ -59,6 +59,14 @@ class _Compared:
     failure: records.CellOutcome | None = None
     nonfinite: bool = False
     agreement: generation.Agreement | None = None
+    chunk_kl: list[float] = field(default_factory=list)  # mean KL of each chunk run, in order
+
+    def end_chunk(self, mark: int) -> None:
+        """Close the chunk whose pieces were appended after `mark` (parts' length before it)."""
+        pieces = self.parts.get("kld", [])[mark:]
+        n = sum(len(p) for p in pieces)
+        if n:
+            self.chunk_kl.append(float(sum(float(np.sum(p, dtype=np.float64)) for p in pieces) / n))
 
 
 def run_quality_group(
@@ -83,6 +91,10 @@ def run_quality_group(
     n_ctx, first = head.n_ctx, (0 if head.score == "all" else head.n_ctx // 2)
     started = time.time()
     n_chunk = chunk_count(len(tokens), n_ctx, head.max_chunks)
+    # chunks are added until the precision target is met (kvsweep/precision.py), if one is set
+    target = precision.QualityPrecision.from_json(head.precision)
+    stop_reason = (precision.STOP_MAX_CHUNKS if n_chunk < chunk_count(len(tokens), n_ctx, 0)
+                   else precision.STOP_CORPUS_END)
     piece = min(head.n_batch, n_ctx)
     add_bos, bos = model.info.add_bos, model.info.bos
     gen_prompts = generation.prompts(head, tokens, n_chunk, add_bos, bos)
@@ -122,8 +134,10 @@ def run_quality_group(
                 compared.append(item)
         live = [c for c in compared if c.failure is None]
 
+        chunks_run = 0
         for chunk in range(n_chunk):
             start = chunk * n_ctx
+            marks = [len(c.parts.get("kld", [])) for c in live]
             base.clear()
             for c in live:
                 if c.ctx is not None and c.failure is None:
@@ -166,15 +180,23 @@ def run_quality_group(
                         c.failure = failure_outcome(c.cell, started, exc)
                 if n_score and not np.isfinite(base_rows.nll).all():
                     raise FloatingPointError("the baseline produced NaN or infinite logits")
+            for c, mark in zip(live, marks):
+                c.end_chunk(mark)
+            chunks_run = chunk + 1
             yield (chunk + 1, n_steps)
+            if target is not None and chunk + 1 < n_chunk and precision.quality_target_met(
+                    {c.cell.cell_id: c.chunk_kl for c in live if c.failure is None and c.ctx is not None}, target):
+                stop_reason = precision.STOP_TARGET
+                break
 
         yield from _generation_agreement(base, live, gen_prompts, head.gen_tokens, started,
-                                         split_on_oom, n_chunk, n_steps)
+                                         split_on_oom, chunks_run, chunks_run + len(gen_prompts))
         finished = time.time()
         fallback = fallback or shared_check()
         alive = 1 + sum(1 for c in compared if c.ctx is not None)
         return [
-            c.failure if c.failure else _summarize(c, n_chunk, started, finished, base, fallback, alive)
+            c.failure if c.failure else _summarize(c, chunks_run, started, finished, base, fallback, alive,
+                                                   stop_reason)
             for c in compared
         ]
     finally:
@@ -228,7 +250,8 @@ def _append(parts, chunk, p_lo, next_tokens, scores, nll_base) -> None:
         parts.setdefault(name, []).append(np.asarray(values).copy())
 
 
-def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_contexts) -> records.CellOutcome:
+def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_contexts,
+               stop_reason: str) -> records.CellOutcome:
     cols = {k: np.concatenate(v) for k, v in c.parts.items()}
     nll, nll_base = cols["nll"], cols["nll_base"]
     # bit-identical results of two configurations mean one setting did not take effect
@@ -258,6 +281,11 @@ def _summarize(c: _Compared, n_chunk, started, finished, base, fallback, unit_co
         flags=flags,
         metrics={
             "n_chunks": n_chunk,
+            "stop_reason": stop_reason,
+            # the precision reached: the relative standard error of the mean KL over chunks
+            # (the baseline configuration's own cell: its KL is 0 in every chunk)
+            "kld_rel_se_chunks": (precision.relative_se(c.chunk_kl) if c.ctx is not None else 0.0)
+            if n_chunk > 1 else None,
             "n_tokens": len(nll),
             "ppl": ppl,
             "ppl_base": ppl_base,

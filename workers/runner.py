@@ -19,10 +19,11 @@ from collections.abc import Iterator
 import numpy as np
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from kvsweep.cells import QUALITY, Cell, WorkUnit
+from kvsweep.cells import CEILING, QUALITY, Cell, WorkUnit
 from kvsweep.hashing import file_sha256
 from kvsweep.workers import faults, llama_api
 from kvsweep.workers.generated_models import ModelRecipe, cached_model
+from kvsweep.workers.ceiling import run_ceiling_cell
 from kvsweep.workers.kl_math import Reducer
 from kvsweep.messages import OOM_SPLIT, RETRYING_FLAG, Finished, Progress, Returned, RetryPolicy  # noqa: F401
 from kvsweep.workers.failures import ExpectedFailure, failure_outcome
@@ -94,8 +95,12 @@ class UnitRunner:
     def run(self, unit: WorkUnit, corpora: dict[str, str] | None = None) -> Iterator[object]:
         env = _apply_env(unit.cells[0].env) if unit.cells else {}
         try:
-            inner = (self._run_quality(unit, corpora or {}) if unit.kind == QUALITY
-                     else self._run_speed(unit, corpora or {}))
+            if unit.kind == QUALITY:
+                inner = self._run_quality(unit, corpora or {})
+            elif unit.kind == CEILING:
+                inner = self._run_ceiling(unit)
+            else:
+                inner = self._run_speed(unit, corpora or {})
             for event in inner:
                 if isinstance(event, Finished) and self.models.model is not None:
                     info = self.models.model.info
@@ -195,6 +200,18 @@ class UnitRunner:
                 if rest:
                     yield Returned(rest, "after-oom")
                 return
+            except Exception as exc:
+                yield Finished(failure_outcome(cell, started, exc))
+
+    # -- ceiling ---------------------------------------------------------------------------
+    def _run_ceiling(self, unit: WorkUnit) -> Iterator[object]:
+        for cell in unit.cells:
+            started = time.time()
+            try:
+                model = self.models.get(cell)
+                lo, hi = unit.ceiling_bounds.get(cell.cell_id, (None, None))
+                yield Finished(run_ceiling_cell(model, cell, lo, hi, unit.worker_memory,
+                                                unit.worker_backend, self._threads(cell)))
             except Exception as exc:
                 yield Finished(failure_outcome(cell, started, exc))
 

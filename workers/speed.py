@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from kvsweep import records
+from kvsweep import precision, records
 from kvsweep.cells import GENERATION, PROMPT, Cell
 from kvsweep.workers import faults, host_load, llama_api, probe
 from kvsweep.workers.fallback import FallbackCheck, context_columns, shared_check
@@ -131,11 +131,17 @@ def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
 
 
 def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens, filler,
-                 depth_cache: DepthStateCache, key: tuple, meter: host_load.Meter) -> tuple[list[int], bool]:
-    """The timed repetitions (llama-bench's loop): (nanoseconds of each, all logits finite)."""
+                 depth_cache: DepthStateCache, key: tuple, meter: host_load.Meter) -> tuple[list[int], bool, str]:
+    """The timed repetitions (llama-bench's loop): (nanoseconds of each, all logits finite, why
+    they stopped). With `[speed] precision`, they stop once the t/s figure is known to its
+    relative standard error (kvsweep/precision.py); `cell.repetitions` is then the most."""
     samples_ns: list[int] = []
     finite = True
+    target = precision.SpeedPrecision.from_json(cell.precision)
     for _ in range(cell.repetitions):
+        if target is not None and precision.speed_target_met(
+                [1e9 * (n_prompt + n_gen) / t for t in samples_ns], target):
+            return samples_ns, finite, precision.STOP_TARGET
         ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
         if cell.n_depth:
             fill_depth(ctx, cell.n_depth, cell.n_batch, filler(), depth_cache, key)
@@ -148,7 +154,9 @@ def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens,
         samples_ns.append(time.perf_counter_ns() - t0)
         meter.stop()
         finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
-    return samples_ns, finite
+    met = target is not None and precision.speed_target_met(
+        [1e9 * (n_prompt + n_gen) / t for t in samples_ns], target)
+    return samples_ns, finite, precision.STOP_TARGET if met else precision.STOP_REPETITIONS
 
 
 def run_speed_cell(
@@ -193,7 +201,7 @@ def run_speed_cell(
         filler = (lambda: CorpusTokens(fill_tokens)) if fill_tokens is not None else (lambda: rand)
         meter = host_load.Meter()  # what else ran during the timed parts (read outside them)
         with faults.busy_host(cell):
-            samples_ns, finite = _repetitions(ctx, cell, n_prompt, n_gen, rand, filler, depth_cache, key, meter)
+            samples_ns, finite, stop_reason = _repetitions(ctx, cell, n_prompt, n_gen, rand, filler, depth_cache, key, meter)
         columns, flags = context_columns(ctx, fallback, cell)
 
     samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
@@ -219,6 +227,8 @@ def run_speed_cell(
             "stddev_ts": statistics.stdev(samples_ts) if len(samples_ts) > 1 else 0.0,
             "samples_ns": samples_ns,
             "samples_ts": samples_ts,
+            "stop_reason": stop_reason,
+            "ts_rel_se": precision.relative_se(samples_ts) if len(samples_ts) > 1 else None,
         },
         facts={**columns, **probe.run_facts(model.path), **load.columns()},
     )

@@ -5,7 +5,8 @@ SELECT p.model_name, p.n_ctx, p.baseline, p.quality_backend, p.config, p.type_k,
        coalesce(r.status, 'missing') AS status, coalesce(r.flags, []) AS flags, r.identical_to,
        k.bits_per_value,
        q.ppl, q.ppl_unc, q.ln_ppl_ratio, q.ln_ppl_ratio_unc, q.kld_mean, q.kld_unc, q.kld_p99,
-       q.same_top_p, q.same_top_unc, q.n_tokens, q.n_chunks, r.host, r.host_class
+       q.same_top_p, q.same_top_unc, q.n_tokens, q.n_chunks, r.host, r.host_class,
+       p.precision, q.kld_rel_se, q.stop_reason
 FROM plan p
 LEFT JOIN results r USING (cell_id)
 LEFT JOIN quality q USING (cell_id)

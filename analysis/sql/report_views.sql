@@ -65,8 +65,12 @@ SELECT d.*,
           AND NOT s.fits AND s.n_depth > coalesce(d.deepest_fit, -1)) AS stopped_at,
        (SELECT arg_min(s.status, s.n_depth) FROM depth_status s
         WHERE s.model_name = d.model_name AND s.host_class = d.host_class AND s.config = d.config
-          AND NOT s.fits AND s.n_depth > coalesce(d.deepest_fit, -1)) AS stopped_by
-FROM d;
+          AND NOT s.fits AND s.n_depth > coalesce(d.deepest_fit, -1)) AS stopped_by,
+       -- the bisected ceiling where `[speed] ceiling` measured one (measured_ceiling)
+       m.ceiling_depth AS measured_depth, m.ceiling_fail_depth AS measured_fail_depth,
+       m.ceiling_resolution AS measured_resolution, m.ceiling_bytes AS measured_bytes,
+       m.ceiling_bound AS measured_bound, m.status AS measured_status
+FROM d LEFT JOIN measured_ceiling m USING (model_name, host_class, config);
 
 -- Each host's memory limit, for the memory chart's lines.
 CREATE OR REPLACE VIEW host_memory AS
@@ -180,12 +184,22 @@ WITH fit AS (
     SELECT c.budget, d.model_name, d.host_class, c.config, c.kld_mean, d.n_depth, d.memory_bytes
     FROM rec_candidates c JOIN depth_status d USING (model_name, config)
     WHERE d.fits AND d.trusted
-), ceiling AS (
+), measured AS (  -- a bisected ceiling (`[speed] ceiling`) is finer than the grid's
+    SELECT model_name, host_class, config, ceiling_depth, ceiling_bytes
+    FROM measured_ceiling
+    WHERE status = 'ok' AND ceiling_depth IS NOT NULL AND len(coalesce(flags, [])) = 0
+), grid AS (
     SELECT budget, model_name, host_class, config,
            max(n_depth) AS deepest_fit,
            arg_max(memory_bytes, n_depth) AS memory_bytes,
            any_value(kld_mean) AS kld_mean
     FROM fit GROUP BY ALL
+), ceiling AS (
+    SELECT g.budget, g.model_name, g.host_class, g.config, g.kld_mean,
+           greatest(g.deepest_fit, coalesce(m.ceiling_depth, 0)) AS deepest_fit,
+           CASE WHEN m.ceiling_depth >= g.deepest_fit THEN m.ceiling_bytes ELSE g.memory_bytes END AS memory_bytes,
+           m.ceiling_depth IS NOT NULL AS measured
+    FROM grid g LEFT JOIN measured m USING (model_name, host_class, config)
 ), best AS (
     SELECT *, max(deepest_fit) OVER (PARTITION BY budget, model_name, host_class) AS best_depth
     FROM ceiling
@@ -198,7 +212,8 @@ WITH fit AS (
            arg_min(kld_mean, {'m': coalesce(memory_bytes, 9e18), 'k': kld_mean}) AS kld_mean,
            arg_min(memory_bytes, {'m': coalesce(memory_bytes, 9e18), 'k': kld_mean}) AS memory_bytes,
            list(config ORDER BY coalesce(memory_bytes, 9e18), kld_mean) AS reached,
-           count(*) FILTER (WHERE coalesce(memory_bytes, 9e18) = least) > 1 AS memory_tie
+           count(*) FILTER (WHERE coalesce(memory_bytes, 9e18) = least) > 1 AS memory_tie,
+           bool_and(measured) AS measured
     FROM reached GROUP BY ALL
 ), planned AS (
     SELECT model_name, host_class, max(n_depth) AS deepest_planned
@@ -208,8 +223,8 @@ SELECT q.model_name, q.host_class, q.budget, q.max_kld, q.budget_order, q.candid
        p.n_depth, p.config, p.kld_mean, p.memory_bytes,
        [x FOR x IN coalesce(p.reached, []) IF x <> p.config] AS tied_with,
        coalesce(p.memory_tie, false) AS memory_tie,
-       pl.deepest_planned,
-       p.n_depth = pl.deepest_planned AS ceiling_not_reached
+       pl.deepest_planned, coalesce(p.measured, false) AS measured_ceiling,
+       p.n_depth >= pl.deepest_planned AND NOT coalesce(p.measured, false) AS ceiling_not_reached
 FROM rec_questions q
 LEFT JOIN pick p USING (budget, model_name, host_class)
 LEFT JOIN planned pl USING (model_name, host_class);

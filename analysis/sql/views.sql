@@ -136,6 +136,20 @@ WITH s AS (
     FROM results r JOIN tokens_raw t USING (attempt_id)
     WHERE r.kind = 'quality' AND r.status = 'ok'
     GROUP BY ALL
+), chunk_kl AS (
+    -- chunks, not tokens, are the independent units: the precision reached is the standard
+    -- error of the mean KL over per-chunk means, relative to the mean (kvsweep/precision.py)
+    SELECT r.cell_id, t.chunk, avg(t.kld) AS kld
+    FROM results r JOIN tokens_raw t USING (attempt_id)
+    WHERE r.kind = 'quality' AND r.status = 'ok'
+    GROUP BY ALL
+), chunk_se AS (
+    SELECT cell_id,
+           CASE WHEN count(*) < 2 THEN NULL
+                WHEN avg(kld) = 0 THEN CASE WHEN stddev_samp(kld) = 0 THEN 0 END
+                ELSE stddev_samp(kld) / sqrt(count(*)) / abs(avg(kld)) END AS kld_rel_se
+    FROM chunk_kl
+    GROUP BY cell_id
 ), u AS (
     -- llama-perplexity's mean_and_uncertainty() and covariance(): an uncertainty is 0 unless
     -- N > 10 and the variance is positive; the covariance is 0 when N < 10.
@@ -175,14 +189,25 @@ SELECT cell_id, model_name, config, type_k, type_v, n_ctx, baseline, host, host_
        exp(nll - nllb) * sqrt(greatest(nll_unc * nll_unc + nllb_unc * nllb_unc - 2 * nll_cov, 0)) AS ppl_ratio_unc,
        exp(nll) - exp(nllb) AS ppl_diff,
        sqrt(greatest(exp(2 * nll) * nll_unc * nll_unc + exp(2 * nllb) * nllb_unc * nllb_unc
-                     - 2 * exp(nll) * exp(nllb) * nll_cov, 0)) AS ppl_diff_unc
-FROM u;
+                     - 2 * exp(nll) * exp(nllb) * nll_cov, 0)) AS ppl_diff_unc,
+       c.kld_rel_se, r.stop_reason
+FROM u LEFT JOIN chunk_se c USING (cell_id) LEFT JOIN (SELECT cell_id, stop_reason FROM results) r USING (cell_id);
 
 -- Speed per cell (llama-bench's fields), ok attempts only.
 CREATE OR REPLACE VIEW speed AS
 SELECT cell_id, model_name, config, type_k, type_v, kind, test, host, host_class, backend,
        device_name, n_depth, n_prompt, n_gen, repetitions, n_batch, n_ubatch, n_threads,
        flash_attn, flash_attn_enabled, attn_rot_k, attn_rot_v, avg_ts, stddev_ts, avg_ns,
-       stddev_ns, samples_ns, samples_ts, kv_bytes, flags, test_time, build_commit
+       stddev_ns, samples_ns, samples_ts, kv_bytes, flags, test_time, build_commit,
+       len(samples_ts) AS repetitions_run, stop_reason, ts_rel_se
 FROM results
 WHERE kind IN ('pp', 'tg') AND status = 'ok';
+
+-- The measured context ceiling (kind 'ceiling', workers/ceiling.py): per configuration and host
+-- class, the deepest depth whose pp and tg tests fit, bisected to `ceiling_resolution` tokens.
+CREATE OR REPLACE VIEW measured_ceiling AS
+SELECT cell_id, model_name, config, type_k, type_v, host_class, host, status, ceiling_depth,
+       ceiling_fail_depth, ceiling_resolution, ceiling_bytes, ceiling_bound, ceiling_probes,
+       device_memory_total, flags
+FROM results
+WHERE kind = 'ceiling';
