@@ -208,7 +208,7 @@ def create_slots(runner: str = "llama", fake_cell_seconds: float = 0.0, n_thread
             from loguru import logger
 
             logger.warning(f"a worker could not start ({type(exc).__name__}); the fleet is "
-                           "looked at again every 10 s while the sweep runs")
+                           "looked for again while the sweep runs (with --address)")
             ray.kill(actor)
             continue
         slots.append(_slot(actor, labels, info))

@@ -17,15 +17,26 @@ log p_base <= -16, every vocabulary entry counts.
 
 Memory: rows are reduced in blocks whose float32 temporaries stay under `budget_bytes` per
 thread, so a 248K-token vocabulary needs tens of MB beyond the logits llama.cpp already holds.
+
+Two implementations of the same definitions: the fused one (workers/_kl_fused.c, compiled at
+install: two passes over a row instead of about twenty numpy passes, AVX2 or AVX-512) where it
+was built and the CPU runs it, else numpy's. KVSWEEP_REDUCER=numpy forces numpy (tests compare
+both). The fused one uses g's series up to |x| < 0.5 (a longer series) and sums 8 terms per
+lane in float before adding them in double; both stay within the tests' float64 / long double
+references (tests/test_kl_math.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+REDUCER_ENV = "KVSWEEP_REDUCER"  # "numpy": never the fused reduction
 
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
 # Below this many logits a call is split over no threads: with a small vocabulary (the demo
@@ -59,11 +70,21 @@ class Reducer:
     numpy's ufuncs release the GIL on large arrays, so threads scale across cores.
     """
 
-    def __init__(self, n_vocab: int, threads: int = 0, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(self, n_vocab: int, threads: int = 0, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                 fused: bool | None = None):
         self.n_vocab = n_vocab
         self.threads = threads or max(1, min(8, os.cpu_count() or 1))
         self.block_rows = max(1, budget_bytes // (_TEMPORARIES * 4 * n_vocab))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # None: the fused reduction where it is available (and not turned off)
+        self._fused = fused_library() if fused is not False else None
+        if fused and self._fused is None:
+            raise RuntimeError("the fused KL reduction is not built or this CPU lacks AVX2: "
+                               "reinstall kvsweep with a C compiler (pip install -e .)")
+
+    @property
+    def implementation(self) -> str:
+        return f"fused-{_SIMD_NAMES.get(self._fused.kvs_simd(), '?')}" if self._fused else "numpy"
 
     def close(self) -> None:
         if self._pool:
@@ -90,6 +111,18 @@ class Reducer:
             argmax=np.empty(n, np.int64),
             nll=np.empty(n, np.float64),
         )
+        if self._fused is not None:
+            base = np.ascontiguousarray(base, np.float32)
+            nxt = np.ascontiguousarray(next_tokens, np.int64)
+
+            def fused(s: slice) -> None:  # ctypes releases the GIL: blocks run in parallel
+                self._fused.kvs_base_rows(
+                    _at(base, s.start), s.stop - s.start, self.n_vocab, _at(nxt, s.start),
+                    _at(out.max, s.start), _at(out.sumexp, s.start), _at(out.lse, s.start),
+                    _at(out.argmax, s.start), _at(out.nll, s.start))
+
+            self._map(fused, self._blocks(n))
+            return out
 
         def work(s: slice) -> None:
             b = base[s]
@@ -117,6 +150,24 @@ class Reducer:
             dp=np.empty(n, np.float64),
             same_top=np.empty(n, bool),
         )
+        if self._fused is not None:
+            base = np.ascontiguousarray(base, np.float32)
+            q = np.ascontiguousarray(q, np.float32)
+            nxt = np.ascontiguousarray(next_tokens, np.int64)
+            same = np.empty(n, np.uint8)
+
+            def fused(s: slice) -> None:
+                rc = self._fused.kvs_compare(
+                    _at(base, s.start), _at(q, s.start), s.stop - s.start, self.n_vocab,
+                    _at(nxt, s.start), _at(rows.max, s.start), _at(rows.sumexp, s.start),
+                    _at(rows.argmax, s.start), _at(rows.nll, s.start), _at(out.nll, s.start),
+                    _at(out.kld, s.start), _at(out.dp, s.start), _at(same, s.start))
+                if rc != 0:
+                    raise MemoryError("the fused KL reduction could not allocate its row buffer")
+
+            self._map(fused, self._blocks(n))
+            out.same_top[:] = same.astype(bool)
+            return out
 
         def work(s: slice) -> None:
             b, qq, idx = base[s], q[s], np.arange(s.stop - s.start)
@@ -142,6 +193,40 @@ class Reducer:
 
         self._map(work, self._blocks(n))
         return out
+
+
+_SIMD_NAMES = {2: "avx2", 3: "avx512"}
+_LIBRARY: list = []  # [the loaded library or None], once per process
+
+
+def fused_library():
+    """The fused reduction's library (ctypes), or None: not built, not x86-64 with AVX2, or
+    turned off with KVSWEEP_REDUCER=numpy."""
+    if os.environ.get(REDUCER_ENV, "") == "numpy":
+        return None
+    if not _LIBRARY:
+        _LIBRARY.append(_load())
+    return _LIBRARY[0]
+
+
+def _load():
+    spec = importlib.util.find_spec("kvsweep.workers._kl_fused")
+    if spec is None or not spec.origin:
+        return None
+    lib = ctypes.CDLL(spec.origin)
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    lib.kvs_simd.restype = ctypes.c_int
+    lib.kvs_set_simd.argtypes = [ctypes.c_int]
+    lib.kvs_base_rows.argtypes = [P, I, I, P, P, P, P, P, P]
+    lib.kvs_base_rows.restype = None
+    lib.kvs_compare.argtypes = [P, P, I, I, P, P, P, P, P, P, P, P, P]
+    lib.kvs_compare.restype = ctypes.c_int
+    return lib if lib.kvs_simd() > 0 else None
+
+
+def _at(a: np.ndarray, row: int) -> int:
+    """The address of row `row` of a C-contiguous array (what the C functions take)."""
+    return a.ctypes.data + row * a.strides[0]
 
 
 _SERIES_LIMIT = np.float32(0.1)
