@@ -160,6 +160,17 @@ def _register_reference_tables(con: duckdb.DuckDBPyConnection, budgets: tuple[Kl
     con.unregister("kl_budgets_table")
 
 
+def view_rows(con: duckdb.DuckDBPyConnection, view: str) -> list[dict]:
+    """Every row of one of the views of views.sql / report_views.sql, as dicts."""
+    from kvsweep.analysis.shell import VIEWS
+
+    if view not in VIEWS:
+        raise ValueError(f"{view!r} is not one of kvsweep's views ({', '.join(VIEWS)})")
+    cur = con.execute(f"SELECT * FROM {view}")
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
 def query(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> list[dict]:
     """Run analysis/sql/NAME.sql (with $name parameters); rows as dicts."""
     cur = con.execute(sql_text(name), params) if params else con.execute(sql_text(name))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvsweep.analysis import charts, recommend
-from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, query, with_damage_retry
+from kvsweep.analysis.db import DEFAULT_BUDGETS, KlBudget, query, view_rows, with_damage_retry
 from kvsweep.analysis.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from kvsweep.run_layout import RunLayout
 from kvsweep.analysis.formatting import fmt_bytes, fmt_depth, fmt_kl, fmt_kl_pm, fmt_pm, fmt_status
@@ -32,16 +32,9 @@ class ReportFiles:
     charts: list[Path]
 
 
-def _rows(con, sql: str) -> list[dict]:
-    cur = con.execute(sql)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
-
-
 def _config_order(con) -> list[str]:
     """Configurations in the order the matrix lists them (the plan's row order)."""
-    rows = con.execute("SELECT config, min(rowid) AS first FROM (SELECT config, row_number() OVER () AS rowid FROM plan) GROUP BY config ORDER BY first").fetchall()
-    return [r[0] for r in rows]
+    return [r["config"] for r in query(con, "config_order")]
 
 
 def _slug(*parts) -> str:
@@ -50,9 +43,7 @@ def _slug(*parts) -> str:
 
 def _tests(con) -> dict[tuple[str, str], str]:
     """(model, kind) -> llama-bench's test name (pp512, tg128)."""
-    return {(m, k): t for m, k, t in con.execute(
-        "SELECT DISTINCT model_name, kind, CASE WHEN kind = 'pp' THEN 'pp' || n_prompt ELSE 'tg' || n_gen END "
-        "FROM plan WHERE kind IN ('pp', 'tg')").fetchall()}
+    return {(r["model_name"], r["kind"]): r["test"] for r in query(con, "test_names")}
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -85,14 +76,12 @@ def header_section(con, run_dir: Path) -> list[Block]:
 
 
 def recommendations_section(con, budgets, tests) -> list[Block]:
-    failed_quality = _rows(con, "SELECT cell_id, model_name, config, n_ctx, status FROM cell_status "
-                                "WHERE kind = 'quality' AND status <> 'ok'")
     return recommend.section(
-        _rows(con, "SELECT * FROM recommend_fastest"),
-        _rows(con, "SELECT * FROM recommend_context"),
-        _rows(con, "SELECT * FROM config_quality"),
-        _rows(con, "SELECT * FROM untrusted ORDER BY kind, model_name, config, n_ctx, n_depth"),
-        failed_quality, budgets,
+        view_rows(con, "recommend_fastest"),
+        view_rows(con, "recommend_context"),
+        view_rows(con, "config_quality"),
+        query(con, "untrusted_rows"),
+        query(con, "failed_quality"), budgets,
         {m: t for (m, k), t in tests.items() if k == "tg"},
         _speed_configs(con),
     )
@@ -100,9 +89,8 @@ def recommendations_section(con, budgets, tests) -> list[Block]:
 
 def _speed_configs(con) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for model, host_class, config in con.execute(
-            "SELECT DISTINCT model_name, host_class, config FROM plan WHERE kind IN ('pp', 'tg')").fetchall():
-        out[(model, host_class)].add(config)
+    for r in query(con, "speed_configs"):
+        out[(r["model_name"], r["host_class"])].add(r["config"])
     return out
 
 
@@ -114,7 +102,7 @@ def quality_section(con, order: list[str], style, budgets, chart_list: list[char
     out: list[Block] = [Heading("Quality", 2)]
     if not groups:
         out.append(Paragraph("This sweep has no quality cells."))
-    kl_rows = _rows(con, "SELECT * FROM kl_vs_bits")
+    kl_rows = view_rows(con, "kl_vs_bits")
     known_twins = query(con, "identical_known")
     for (model, n_ctx, baseline, backend), items in groups.items():
         items.sort(key=lambda r: (r["config"] != baseline, order.index(r["config"]) if r["config"] in order else 999))
@@ -200,8 +188,7 @@ def _compared_configs(order: list[str], items: list[dict], baseline: str) -> lis
 def position_section(con, order: list[str], style, chart_list: list[charts.Chart]) -> list[Block]:
     """Quality by position within the chunk (quality_by_position), where positions were scored
     from the start of the chunk (quality.score = "all")."""
-    groups = _quality_groups(_rows(
-        con, "SELECT * FROM quality_by_position ORDER BY model_name, n_ctx, baseline, backend, bucket_lo"))
+    groups = _quality_groups(query(con, "position_rows"))
     if not groups:
         return []
     out: list[Block] = [Heading("Quality by position in the chunk", 2)]
@@ -242,9 +229,7 @@ def position_section(con, order: list[str], style, chart_list: list[charts.Chart
 
 def generation_section(con, order: list[str]) -> list[Block]:
     """Generation agreement (generation_agreement) next to mean KL."""
-    groups = _quality_groups(_rows(
-        con, "SELECT g.*, q.kld_mean, q.kld_unc FROM generation_agreement g "
-             "LEFT JOIN quality q USING (cell_id) ORDER BY model_name, n_ctx, baseline, backend, depth"))
+    groups = _quality_groups(query(con, "generation_rows"))
     if not groups:
         return []
     out: list[Block] = [Heading("Generation agreement", 2)]
@@ -279,7 +264,7 @@ def generation_section(con, order: list[str]) -> list[Block]:
 
 def cross_backend_section(con, order: list[str]) -> list[Block]:
     """The same quality cells on two backends (placement.quality_on = "every-backend")."""
-    rows = _rows(con, "SELECT * FROM cross_backend ORDER BY model_name, n_ctx, baseline, backend_a, backend_b")
+    rows = query(con, "cross_backend_rows")
     if not rows:
         return []
     out: list[Block] = [Heading("Quality across backends", 2)]
@@ -326,9 +311,9 @@ def _speed_text(r: dict) -> str:
 
 def speed_sections(con, order: list[str], style, tests, chart_list: list[charts.Chart]) -> list[Block]:
     cells = query(con, "speed_by_depth")
-    depth_rows = _rows(con, "SELECT * FROM depth_status")
-    ceiling = _rows(con, "SELECT * FROM context_ceiling")
-    hosts = _rows(con, "SELECT * FROM host_memory ORDER BY host")
+    depth_rows = view_rows(con, "depth_status")
+    ceiling = view_rows(con, "context_ceiling")
+    hosts = query(con, "host_memory_rows")
     grid: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
     for r in cells:
         grid[(r["model_name"], r["host_class"], r["kind"])][r["n_depth"]][r["config"]] = r

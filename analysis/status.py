@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvsweep.analysis.db import with_damage_retry
+from kvsweep.analysis.db import query, with_damage_retry
+from kvsweep.terminal import print_table
 
 
 def status_tables(run_dir: str | Path) -> dict[str, list[tuple]]:
@@ -15,19 +16,10 @@ def status_tables(run_dir: str | Path) -> dict[str, list[tuple]]:
 
 
 def _tables(con) -> dict[str, list[tuple]]:
-    return {
-        "by status": con.execute(
-            "SELECT status, count(*) FROM cell_status GROUP BY ALL ORDER BY 2 DESC").fetchall(),
-        "by host": con.execute(
-            "SELECT coalesce(host, '(not run)'), status, count(*) FROM cell_status "
-            "GROUP BY ALL ORDER BY 1, 3 DESC").fetchall(),
-        "by model": con.execute(
-            "SELECT model_name, kind, status, count(*) FROM cell_status GROUP BY ALL ORDER BY 1, 2, 4 DESC").fetchall(),
-        "left": con.execute(
-            "SELECT kind, model_name, count(*) FROM cell_status WHERE status <> 'ok' "
-            "AND status NOT IN ('skipped') GROUP BY ALL ORDER BY 1, 2").fetchall(),
-        "attempts": con.execute("SELECT count(*) FROM attempts").fetchall(),
-    }
+    # analysis/sql/status_*.sql; rows as tuples, in the queries' column order
+    return {key: [tuple(r.values()) for r in query(con, f"status_{name}")]
+            for key, name in (("by status", "by_status"), ("by host", "by_host"), ("by model", "by_model"),
+                              ("left", "left"), ("attempts", "attempts"))}
 
 
 def print_status(run_dir: str | Path) -> None:
@@ -35,23 +27,19 @@ def print_status(run_dir: str | Path) -> None:
     total = sum(n for _, n in t["by status"])
     print(f"{run_dir}: {total} planned cells, {t['attempts'][0][0]} attempts recorded")
     print("\nby status:")
-    for status, n in t["by status"]:
-        print(f"  {status:<14} {n:>7}")
+    print_table(["status", "cells"], t["by status"], numeric=[1])
     print("\nby host:")
-    for host, status, n in t["by host"]:
-        print(f"  {host:<24} {status:<14} {n:>7}")
+    print_table(["host", "status", "cells"], t["by host"], numeric=[2])
     print("\nby model:")
-    for model, kind, status, n in t["by model"]:
-        print(f"  {model:<24} {kind:<8} {status:<14} {n:>7}")
+    print_table(["model", "kind", "status", "cells"], t["by model"], numeric=[3])
     left = t["left"]
     print("\nleft to do (not ok, not skipped):" + ("" if left else " nothing"))
-    for kind, model, n in left:
-        print(f"  {model:<24} {kind:<8} {n:>7}")
+    if left:
+        print_table(["model", "kind", "cells"], [(m, k, n) for k, m, n in left], numeric=[2])
     loads = model_loads(run_dir)
     if loads:
         print("\nmodel loads per worker, last finished session (grouping by model keeps this low):")
-        for worker, n in sorted(loads.items()):
-            print(f"  {worker:<24} {n:>7}")
+        print_table(["worker", "loads"], sorted(loads.items()), numeric=[1])
 
 
 def model_loads(run_dir: str | Path) -> dict[str, int]:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 from kvsweep.paths import fmt_bytes
+from kvsweep.terminal import print_table
 from kvsweep.orchestrator.fleet import WORKER_RESOURCE
 from kvsweep.orchestrator.fleet_nodes import (  # noqa: F401  (also what the CLI's users import from here)
     KV_PREFIX, FleetError, HostAdvert, NodeRow, advertise, check_label, list_workers)
@@ -218,11 +219,9 @@ def print_workers(rows: list[NodeRow], out=print) -> None:
     table = [[r.node_id, r.address, r.host, r.host_class, r.backend, str(r.devices), str(r.busy),
               fmt_bytes(r.memory) if r.memory else "?", r.device_name, r.build, r.pairs]
              for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
-    out("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in table:
-        out("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    if not table:
+    if table:
+        print_table(header, table, out=out, numeric=[5, 6], indent=0)
+    else:
         out("(no kvsweep workers: join hosts with `kvsweep worker join --address HEAD:PORT`)")
 
 

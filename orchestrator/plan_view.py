@@ -11,6 +11,7 @@ from kvsweep.cells import QUALITY, SPEED_KINDS
 from kvsweep.orchestrator.memory_plan import eligible, fits, unsupported
 from kvsweep.orchestrator.plan import make_units, summarize
 from kvsweep.paths import fmt_bytes
+from kvsweep.terminal import print_table
 
 
 def fmt_depth(depth: int) -> str:
@@ -33,9 +34,7 @@ def print_plan(plan, address, out=print) -> None:
     _print_types(matrix, cells, view, out)
     units = make_units(cells, matrix.quality.max_contexts if matrix.quality else defaults.MAX_CONTEXTS)
     out(f"{len(cells)} cells in {len(units)} work units:")
-    width = max((len(m) for m, _, _ in summarize(cells)), default=5)
-    for model, kind, n in summarize(cells):
-        out(f"  {model:<{width}}  {kind:<8} {n:>6}")
+    print_table(["model", "kind", "cells"], summarize(cells), out=out, numeric=[2])
     _print_memory(cells, view, preds, out)
     if plan.warnings:
         out(f"\nwarnings: {len(plan.warnings)}")
@@ -51,11 +50,10 @@ def _print_types(matrix, cells, view, out) -> None:
     """Per cache type, the host classes (and builds) that run it; cells no build runs."""
     names = list(dict.fromkeys(t for k, v in matrix.configs for t in (k, v)))
     out("cache types, and where a build runs them:")
-    width = max(len(n) for n in names)
-    for name in names:
-        where = sorted({f"{s.host_class} ({s.build})" for s in view.slots
-                        if s.kv_types is None or name in s.kv_types})
-        out(f"  {name:<{width}}  {', '.join(where) or 'no host of the fleet'}")
+    print_table(["type", "host classes (builds) that run it"],
+                [[name, ", ".join(sorted({f"{s.host_class} ({s.build})" for s in view.slots
+                                          if s.kv_types is None or name in s.kv_types})) or "no host of the fleet"]
+                 for name in names], out=out)
     nowhere = unsupported(cells, view.slots)
     if nowhere:
         pairs = sorted({config_label(c.type_k, c.type_v) for c in nowhere})
@@ -79,10 +77,9 @@ def _print_memory(cells, view, preds, out) -> None:
         weights = preds[mine[0].cell_id].weights
         out(f"\npredicted memory, GiB (weights {weights / 2**30:.2f} + KV cache + buffers): {model}")
         configs = list(dict.fromkeys(k for k, _ in need))
-        cw = max(len(c) for c in configs + ["config"])
-        out("  " + "config".ljust(cw) + "".join(f"{fmt_depth(d):>9}" for d in depths))
-        for config in configs:
-            out("  " + config.ljust(cw) + "".join(f"{need[(config, d)] / 2**30:>9.2f}" for d in depths))
+        print_table(["config"] + [fmt_depth(d) for d in depths],
+                    [[config] + [f"{need[(config, d)] / 2**30:.2f}" for d in depths] for config in configs],
+                    out=out, numeric=range(1, len(depths) + 1))
     out("\nfits (cells predicted to fit on at least one eligible worker):")
     for host_class in sorted({s.host_class for s in view.slots}):
         mine = [c for c in cells if c.cell_id in preds and c.host_class == host_class and c.kind in SPEED_KINDS]

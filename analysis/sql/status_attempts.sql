@@ -1,0 +1,2 @@
+-- `kvsweep status`: attempts recorded.
+SELECT count(*) AS attempts FROM attempts;

@@ -1,0 +1,37 @@
+"""Tables for the terminal (`kvsweep status`, `kvsweep workers`, `--dry-run`), drawn by rich.
+
+The callers pass lines on to an `out` function (print, or a test's list), so a table is rendered
+to text here rather than printed by a rich Console of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def table_lines(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Iterable[int] = (),
+                indent: int = 2) -> list[str]:
+    """The table as lines of plain text: a header, a rule, one line per row; columns in
+    `numeric` are right-aligned."""
+    right = set(numeric)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="right" if i in right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    width = max(shutil.get_terminal_size((160, 24)).columns, 80) - indent
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=False).print(table)
+    return [" " * indent + line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], out: Callable[[str], None] = print,
+                numeric: Iterable[int] = (), indent: int = 2) -> None:
+    for line in table_lines(headers, rows, numeric, indent):
+        out(line)
