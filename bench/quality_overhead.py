@@ -65,7 +65,6 @@ class Clock:
 def one_run(vocab: int, threads: int) -> dict:
     """In its own process (main runs this through --one): the pass once, timed."""
     import llama_cpp
-    import numpy as np
 
     from kvsweep.cells import Cell
     from kvsweep.hashing import file_sha256

@@ -187,6 +187,66 @@ ATTEMPTS_SCHEMA = pa.schema(
     ]
 )
 
+# -- composing an attempt row from its producers -------------------------------------------
+
+# Columns two producers both set, and which one the row keeps (the later in compose_row's
+# order wins; anything else set twice is an error). The cell says what was asked, the context
+# what ran: a quality unit decodes in pieces of min(n_batch, n_ctx), and a worker picks the
+# thread count when the cell leaves it at 0.
+OVERRIDES = {
+    "n_batch": ("cell", "facts", "the context's: a quality unit decodes pieces of min(n_batch, n_ctx)"),
+    "n_ubatch": ("cell", "facts", "the context's: at most its n_batch"),
+    "host_class": ("cell", "placement", "the worker's where the cell names none (quality cells)"),
+}
+STRICT_ROWS_ENV = "KVSWEEP_STRICT_ROWS"  # "1": an unknown or doubly set column raises (the tests set it)
+
+
+class RowError(ValueError):
+    pass
+
+
+def compose_row(parts: list[tuple[str, dict]], owners: dict[str, str] | None = None) -> dict:
+    """One attempt row from its producers' columns, in order (name, columns): every column must
+    be in ATTEMPTS_SCHEMA, and one set by two producers must be declared in OVERRIDES (the later
+    one wins). With KVSWEEP_STRICT_ROWS=1 a violation raises RowError; otherwise the row is
+    written as composed, unknown columns dropped by the schema, and the problem logged once.
+    `owners`, when given, receives column -> the producer whose value the row keeps."""
+    row: dict = {}
+    owner: dict[str, str] = {} if owners is None else owners
+    problems = []
+    for name, columns in parts:
+        for key, value in columns.items():
+            if key not in _SCHEMA_NAMES:
+                problems.append(f"{name} sets {key!r}, which the attempts schema lacks")
+            elif key in owner:
+                declared = OVERRIDES.get(key)
+                if declared is None or declared[:2] != (owner[key], name):
+                    problems.append(f"{key!r} is set by {owner[key]} and by {name}")
+            row[key] = value
+            owner[key] = name
+    if problems:
+        _report(problems)
+    return row
+
+
+_SCHEMA_NAMES: frozenset[str] = frozenset()  # set below, once the schema exists
+_reported: set[str] = set()
+
+
+def _report(problems: list[str]) -> None:
+    import os
+
+    text = "; ".join(problems)
+    if os.environ.get(STRICT_ROWS_ENV) == "1":
+        raise RowError(f"attempt row: {text} (kvsweep/records.py: declare the column in "
+                       "ATTEMPTS_SCHEMA, or the override in OVERRIDES)")
+    if text not in _reported:  # a bug of kvsweep's, not of the user's input: say it once
+        _reported.add(text)
+        from loguru import logger
+
+        logger.warning(f"attempt row: {text}")
+
+
 TOKENS_SCHEMA = pa.schema(
     [
         ("cell_id", pa.string()),
@@ -201,3 +261,5 @@ TOKENS_SCHEMA = pa.schema(
         ("same_top", pa.bool_()),
     ]
 )
+
+_SCHEMA_NAMES = frozenset(ATTEMPTS_SCHEMA.names)

@@ -569,7 +569,17 @@ def _ts(seconds: float) -> dt.datetime:
 
 def attempt_row(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | None, run_id: str,
                 attempt: int) -> dict:
-    row = {
+    """One attempt's row, composed from its producers in order (records.compose_row checks that
+    each column is in the schema and set by one producer, or by two as records.OVERRIDES says)."""
+    return records.compose_row(attempt_parts(cell, outcome, slot, run_id, attempt))
+
+
+def attempt_parts(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | None, run_id: str,
+                  attempt: int) -> list[tuple[str, dict]]:
+    """The producers of an attempt row and their columns, in the order they are composed:
+    the attempt itself, the cell, the worker that ran it, what the worker found out about the
+    run (facts: context, build, host load, model) and what it measured (metrics)."""
+    attempt_columns = {
         "run_id": run_id,
         "cell_id": cell.cell_id,
         "attempt_id": uuid.uuid4().hex,
@@ -585,14 +595,19 @@ def attempt_row(cell: Cell, outcome: records.CellOutcome, slot: WorkerSlot | Non
         "finished_at": _ts(outcome.finished_at),
         "duration_s": outcome.finished_at - outcome.started_at,
     }
-    for name in ("model_name", "model_sha256", "type_k", "type_v", "flash_attn", "n_gpu_layers",
+    cell_columns = {name: getattr(cell, name) for name in _CELL_COLUMNS}
+    parts = [("attempt", attempt_columns), ("cell", cell_columns)]
+    if slot is not None:
+        placement = slot.row_fields()
+        if cell.host_class:  # a speed cell's host class is the cell's (placement matched it)
+            placement.pop("host_class")
+        parts.append(("placement", placement))
+    parts += [("facts", outcome.facts), ("metrics", outcome.metrics)]
+    return parts
+
+
+# the Cell fields an attempt row carries (the plan has the rest)
+_CELL_COLUMNS = ("model_name", "model_sha256", "type_k", "type_v", "flash_attn", "n_gpu_layers",
                  "n_batch", "n_ubatch", "env", "n_ctx", "max_chunks", "corpus_sha256", "baseline",
                  "n_depth", "n_prompt", "n_gen", "repetitions", "host_class", "score", "gen_tokens",
-                 "fill", "precision"):
-        row[name] = getattr(cell, name)
-    if slot is not None:
-        row.update(slot.row_fields())
-        row["host_class"] = cell.host_class or slot.host_class
-    row.update(outcome.facts)
-    row.update(outcome.metrics)
-    return row
+                 "fill", "precision")

@@ -23,6 +23,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # with the host's load: the detection is off for them, and tests/test_host_load.py tests it
 # with an explicit limit, on a host it loads itself.
 os.environ["KVSWEEP_BUSY_LIMIT"] = "off"
+# An attempt row with a column the schema lacks, or set by two producers without a declared
+# override, fails the test that made it (kvsweep/records.py compose_row); Ray's workers inherit it.
+os.environ["KVSWEEP_STRICT_ROWS"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CORPUS = ROOT / "matrices" / "corpora" / "demo.txt"

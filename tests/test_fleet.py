@@ -6,6 +6,7 @@ is being tested (placement, the memory planner, the OOM ladder, losing a node)."
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -171,7 +172,7 @@ def test_quality_on_every_backend_compares_the_same_cell_across_backends(cluster
     assert all(n == 1 for _, n in ppl)
 
 
-def held_matrix(tmp_path, configs: str, repetitions: int, gate) -> "Path":
+def held_matrix(tmp_path, configs: str, repetitions: int, gate) -> Path:
     """MATRIX with more configurations, and every worker with less than 100 GiB held at its
     first cell until `gate` exists: only a 128 GiB node works meanwhile, however fast cells
     run (a `wait` fault; the cell limit is raised so that holding is not a timeout)."""

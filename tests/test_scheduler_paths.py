@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from kvsweep import records
-from kvsweep.cells import Cell, WorkUnit
+from kvsweep.cells import Cell
 from kvsweep.orchestrator.fleet import WorkerSlot
 from kvsweep.orchestrator.progress import ProgressView
 from kvsweep.orchestrator.run_dir import RunDir, atomic_write_parquet

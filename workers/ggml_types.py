@@ -26,7 +26,6 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from kvsweep.paths import cache_dir
 

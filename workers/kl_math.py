@@ -214,12 +214,12 @@ def _load():
     if spec is None or not spec.origin:
         return None
     lib = ctypes.CDLL(spec.origin)
-    P, I = ctypes.c_void_p, ctypes.c_int64
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.kvs_simd.restype = ctypes.c_int
     lib.kvs_set_simd.argtypes = [ctypes.c_int]
-    lib.kvs_base_rows.argtypes = [P, I, I, P, P, P, P, P, P]
+    lib.kvs_base_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.kvs_base_rows.restype = None
-    lib.kvs_compare.argtypes = [P, P, I, I, P, P, P, P, P, P, P, P, P]
+    lib.kvs_compare.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.kvs_compare.restype = ctypes.c_int
     return lib if lib.kvs_simd() > 0 else None
 
