@@ -32,31 +32,28 @@ STOP_REPETITIONS = "repetitions"  # the cell's repetitions ran (no target, or no
 STOP_REASONS = (STOP_TARGET, STOP_CORPUS_END, STOP_MAX_CHUNKS, STOP_REPETITIONS)
 
 
+class _JsonSetting:
+    """A setting kept in a Cell as canonical JSON (so it enters the cell's id as text)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls(**json.loads(text)) if text else None
+
+
 @dataclass(frozen=True)
-class QualityPrecision:
+class QualityPrecision(_JsonSetting):
     kl_rel_se: float = 0.0  # 0: no target on the KL's relative standard error
     rank_confidence: float = 0.0  # 0: no target on the ranking
     min_chunks: int = 4
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> QualityPrecision | None:
-        return cls(**json.loads(text)) if text else None
-
 
 @dataclass(frozen=True)
-class SpeedPrecision:
+class SpeedPrecision(_JsonSetting):
     rel_se: float
     min_repetitions: int = 3
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> SpeedPrecision | None:
-        return cls(**json.loads(text)) if text else None
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

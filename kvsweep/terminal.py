@@ -7,7 +7,6 @@ to text here rather than printed by a rich Console of its own.
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 
 from rich import box
@@ -22,12 +21,13 @@ def table_lines(headers: Sequence[str], rows: Iterable[Sequence[object]], numeri
     right = set(numeric)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for i, h in enumerate(headers):
-        table.add_column(h, justify="right" if i in right else "left", overflow="fold")
+        table.add_column(h, justify="right" if i in right else "left", no_wrap=True)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    width = max(shutil.get_terminal_size((160, 24)).columns, 80) - indent
+    # as wide as the table wants: a row is never folded onto several lines (logs and pipes
+    # have no terminal width, and grep must find a whole row)
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=False).print(table)
+    Console(file=buf, width=100_000, color_system=None, highlight=False, soft_wrap=False).print(table)
     return [" " * indent + line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
 
 
