@@ -113,16 +113,23 @@ def main() -> None:
         from kvsweep.analysis.db import connect
 
         con = connect(result.run_dir)
-        cells = dict(con.execute("SELECT kind, sum(duration_s) FROM attempts GROUP BY kind").fetchall())
+        # the cells of a quality unit share its start and end: count each unit once
+        cells = dict(con.execute(
+            "SELECT kind, sum(d) FROM (SELECT kind, started_at, max(duration_s) AS d FROM attempts "
+            "GROUP BY kind, started_at) GROUP BY kind").fetchall())
         con.close()
     reduce_s, quality_s = reduction_share(a.matrix)
     loop = spans.pop("scheduler loop")
-    in_cells = sum(cells.values())
     print("| phase | seconds | share of the run |\n|---|---|---|")
-    rows = list(spans.items())
-    rows.insert(5, ("scheduler loop: quality cells (decoding and KL reduction)", cells.get("quality", 0.0)))
-    rows.insert(6, ("scheduler loop: speed cells (fills and timed repetitions)", cells.get("pp", 0.0) + cells.get("tg", 0.0)))
-    rows.insert(7, ("scheduler loop: the rest (dispatch, events, Parquet, model loads)", loop - in_cells))
+    quality, speed = cells.get("quality", 0.0), cells.get("pp", 0.0) + cells.get("tg", 0.0)
+    order = ["Ray start", "worker actor start (probe, capability check)", "inputs (model, sha256, corpus)",
+             "planning: expand", "planning: history", "planning: memory predictions"]
+    rows = [(label, spans.get(label, 0.0)) for label in order]
+    rows += [("scheduler loop: quality units (decoding and KL reduction)", quality),
+             ("scheduler loop: speed cells (fills and timed repetitions)", speed),
+             ("scheduler loop: the rest (dispatch, events, Parquet, model loads)", loop - quality - speed),
+             ("report (SQL, charts, Markdown, HTML)", spans.get("report (SQL, charts, Markdown, HTML)", 0.0)),
+             ("Ray stop", spans.get("Ray stop", 0.0))]
     for label, seconds in rows:
         print(f"| {label} | {seconds:.2f} | {100 * seconds / wall:.1f}% |")
     other = wall - sum(spans.values()) - loop
