@@ -9,17 +9,17 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Sequence
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
 
 def table_lines(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Iterable[int] = (),
                 indent: int = 2) -> list[str]:
-    """The table as lines of plain text: a header, a rule, one line per row; columns in
-    `numeric` are right-aligned."""
+    """The table as lines of plain text: a header line, then one line per row (columns two
+    spaces apart, no rules: scripts split the lines on white space); columns in `numeric` are
+    right-aligned."""
     right = set(numeric)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for i, h in enumerate(headers):
         table.add_column(h, justify="right" if i in right else "left", no_wrap=True)
     for row in rows:

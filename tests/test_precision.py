@@ -325,3 +325,37 @@ def test_precision_enters_the_cell_id_only_when_set(tmp_path):
     cell = Cell(kind="pp", model_name="a", model_path="b", model_sha256="c", type_k="f16", type_v="f16")
     assert dataclasses.replace(cell, precision="", cell_id="").cell_id == cell.cell_id
     assert dataclasses.replace(cell, precision='{"rel_se":0.01}', cell_id="").cell_id != cell.cell_id
+
+
+GRID = """
+    name = "grid"
+    [[models]]
+    name = "tiny"
+    generate = { arch = "llama", seed = 0 }
+    [cache]
+    symmetric = ["f16", "q8_0", "q4_0"]
+    [speed]
+    depths = [0, 4096, 65536]
+    n_prompt = 64
+    n_gen = 8
+    repetitions = 3
+"""
+
+
+@pytest.mark.ray
+def test_a_ceiling_added_later_bisects_from_the_grid_already_measured(limited_ray, tmp_path):
+    """Resume: the grid's cells are done in the run directory; only the ceilings run, and they
+    take their bounds from the recorded grid (scheduler known_status)."""
+    from kvsweep.orchestrator.sweep import RunOptions, run_sweep
+
+    path = write_matrix(tmp_path / "grid.toml", GRID)
+    first = run_sweep(path, RunOptions(run_dir=tmp_path / "run", progress=False, report=False))
+    assert first.to_run == 18  # 3 configurations x 3 depths x pp, tg
+    with_ceiling = write_matrix(tmp_path / "grid.toml", GRID + "    ceiling = { resolution = 256 }\n")
+    second = run_sweep(with_ceiling, RunOptions(run_dir=tmp_path / "run", progress=False, report=False))
+    assert second.planned == 21 and second.to_run == 3
+    ceilings = _rows(second.run_dir, "SELECT * FROM measured_ceiling")
+    assert len(ceilings) == 3
+    for c in ceilings:
+        assert c["ceiling_bound"] == "grid" and c["ceiling_probes"][0].startswith("4096:fits")
+        assert 4096 < c["ceiling_depth"] < c["ceiling_fail_depth"] <= 65536
