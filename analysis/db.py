@@ -166,13 +166,14 @@ def view_rows(con: duckdb.DuckDBPyConnection, view: str) -> list[dict]:
 
     if view not in VIEWS:
         raise ValueError(f"{view!r} is not one of kvsweep's views ({', '.join(VIEWS)})")
-    cur = con.execute(f"SELECT * FROM {view}")
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
+    return _dicts(con.execute(f"SELECT * FROM {view}"))
 
 
 def query(con: duckdb.DuckDBPyConnection, name: str, params: dict | None = None) -> list[dict]:
     """Run analysis/sql/NAME.sql (with $name parameters); rows as dicts."""
-    cur = con.execute(sql_text(name), params) if params else con.execute(sql_text(name))
+    return _dicts(con.execute(sql_text(name), params) if params else con.execute(sql_text(name)))
+
+
+def _dicts(cur) -> list[dict]:
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row)) for row in cur.fetchall()]

@@ -29,7 +29,6 @@ STOP_TARGET = "target"  # the precision target was met
 STOP_CORPUS_END = "corpus-end"  # every chunk the corpus holds ran
 STOP_MAX_CHUNKS = "max-chunks"  # quality.max_chunks ran
 STOP_REPETITIONS = "repetitions"  # the cell's repetitions ran (no target, or not met by then)
-STOP_REASONS = (STOP_TARGET, STOP_CORPUS_END, STOP_MAX_CHUNKS, STOP_REPETITIONS)
 
 
 class _JsonSetting:

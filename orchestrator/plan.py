@@ -105,14 +105,14 @@ def quality_group_key(c: Cell) -> tuple:
             c.score, c.gen_tokens, c.gen_depths, c.gen_prompts, c.precision)
 
 
-def speed_series_key(c: Cell) -> tuple:
-    return (c.model_sha256, c.type_k, c.type_v, c.host_class, c.flash_attn, c.n_batch,
-            c.n_ubatch, c.n_threads, c.env, c.n_gpu_layers, c.fill, c.corpus_sha256)
-
-
 def _grid_key(c: Cell) -> tuple:
+    """What a ceiling cell and the speed cells of its depth grid share."""
     return (c.model_sha256, c.type_k, c.type_v, c.host_class, c.flash_attn, c.n_batch, c.n_ubatch,
             c.n_threads, c.env, c.n_gpu_layers)
+
+
+def speed_series_key(c: Cell) -> tuple:
+    return _grid_key(c) + (c.fill, c.corpus_sha256)
 
 
 def ceiling_grids(cells: Iterable[Cell]) -> dict[str, list[tuple[int, str]]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,14 +52,6 @@ class Probe:
         return f"{self.depth}:{self.outcome}:{self.bytes}"
 
 
-@dataclass
-class CeilingSearch:
-    cell: Cell
-    lo: int | None  # deepest grid depth that ran; None: none did
-    hi: int | None  # first grid depth past it that did not fit; None: none failed
-    probes: list[Probe] = field(default_factory=list)
-
-
 def resolution_tokens(resolution: str, lo: int, hi: int) -> int:
     """"256" -> 256 tokens; "1/16" -> a sixteenth of the first interval (at least 1)."""
     if "/" in resolution:
@@ -75,12 +67,11 @@ def run_ceiling_cell(model: llama_api.Model, cell: Cell, lo: int | None, hi: int
     if shape is None:
         raise ValueError(f"{model.path}: its GGUF metadata cannot be read, so no probe can be "
                          "checked against the memory model")
-    search = CeilingSearch(cell, lo, hi)
+    probes: list[Probe] = []  # every probe, in the order made (the row keeps them)
 
     def probe_at(depth: int) -> Probe:
-        result = _probe(model, cell, depth, shape, memory_total, backend, n_threads)
-        search.probes.append(result)
-        return result
+        probes.append(_probe(model, cell, depth, shape, memory_total, backend, n_threads))
+        return probes[-1]
 
     bound = "grid"
     low = lo if lo is not None else 0
@@ -91,7 +82,7 @@ def run_ceiling_cell(model: llama_api.Model, cell: Cell, lo: int | None, hi: int
         if low != hi:
             at_low = probe_at(0)
         if at_low.outcome != FITS:
-            return _outcome(model, cell, started, search, None, low, 0, at_low, "grid", records.OOM)
+            return _outcome(model, cell, started, probes, None, low, 0, at_low, "grid", records.OOM)
     if hi is None:
         hi, bound = _planner_bound(cell, low, shape, memory_total, backend)
     step = resolution_tokens(spec["resolution"], low, hi)
@@ -103,13 +94,14 @@ def run_ceiling_cell(model: llama_api.Model, cell: Cell, lo: int | None, hi: int
             low, best = mid, p
         else:
             hi = mid
-    return _outcome(model, cell, started, search, low, hi, step, best, bound, records.OK)
+    return _outcome(model, cell, started, probes, low, hi, step, best, bound, records.OK)
 
 
 def _probe(model, cell: Cell, depth: int, shape, memory_total: int, backend: str, n_threads: int) -> Probe:
     test = _test_at(cell, depth)
-    predicted = predict(test, shape).on_device(backend)
-    if memory_total and not fits(predict(test, shape), memory_total, backend):
+    prediction = predict(test, shape)
+    predicted = prediction.on_device(backend)
+    if memory_total and not fits(prediction, memory_total, backend):
         return Probe(depth, PREDICTED_OOM, predicted)
     type_k, type_v = faults.context_types(cell)
     n_ctx = test.n_prompt + test.n_gen + depth
@@ -158,7 +150,7 @@ def _planner_bound(cell: Cell, low: int, shape, memory_total: int, backend: str)
     return top, "planner"
 
 
-def _outcome(model, cell: Cell, started: float, search: CeilingSearch, depth: int | None, fail: int,
+def _outcome(model, cell: Cell, started: float, probes: list[Probe], depth: int | None, fail: int,
              step: int, best: Probe, bound: str, status: str) -> records.CellOutcome:
     return records.CellOutcome(
         cell_id=cell.cell_id,
@@ -173,7 +165,7 @@ def _outcome(model, cell: Cell, started: float, search: CeilingSearch, depth: in
             "ceiling_resolution": step,
             "ceiling_bytes": best.bytes if depth is not None else None,
             "ceiling_bound": bound,
-            "ceiling_probes": [p.text() for p in search.probes],
+            "ceiling_probes": [p.text() for p in probes],
         },
         facts=probe.run_facts(model.path),
     )

@@ -154,19 +154,17 @@ class Reducer:
             base = np.ascontiguousarray(base, np.float32)
             q = np.ascontiguousarray(q, np.float32)
             nxt = np.ascontiguousarray(next_tokens, np.int64)
-            same = np.empty(n, np.uint8)
 
             def fused(s: slice) -> None:
                 rc = self._fused.kvs_compare(
                     _at(base, s.start), _at(q, s.start), s.stop - s.start, self.n_vocab,
                     _at(nxt, s.start), _at(rows.max, s.start), _at(rows.sumexp, s.start),
                     _at(rows.argmax, s.start), _at(rows.nll, s.start), _at(out.nll, s.start),
-                    _at(out.kld, s.start), _at(out.dp, s.start), _at(same, s.start))
+                    _at(out.kld, s.start), _at(out.dp, s.start), _at(out.same_top, s.start))  # bool: 1 byte, 0/1
                 if rc != 0:
                     raise MemoryError("the fused KL reduction could not allocate its row buffer")
 
             self._map(fused, self._blocks(n))
-            out.same_top[:] = same.astype(bool)
             return out
 
         def work(s: slice) -> None:

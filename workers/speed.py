@@ -131,17 +131,16 @@ def test_gen(ctx: llama_api.Context, n_gen: int, rand: RandomTokens) -> None:
 
 
 def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens, filler,
-                 depth_cache: DepthStateCache, key: tuple, meter: host_load.Meter) -> tuple[list[int], bool, str]:
-    """The timed repetitions (llama-bench's loop): (nanoseconds of each, all logits finite, why
-    they stopped). With `[speed] precision`, they stop once the t/s figure is known to its
+                 depth_cache: DepthStateCache, key: tuple, meter: host_load.Meter
+                 ) -> tuple[list[int], list[float], bool, str]:
+    """The timed repetitions (llama-bench's loop): (nanoseconds of each, t/s of each, all logits
+    finite, why they stopped). With `[speed] precision`, they stop once the t/s figure is known to its
     relative standard error (kvsweep/precision.py); `cell.repetitions` is then the most."""
     samples_ns: list[int] = []
+    samples_ts: list[float] = []
     finite = True
     target = precision.SpeedPrecision.from_json(cell.precision)
     for _ in range(cell.repetitions):
-        if target is not None and precision.speed_target_met(
-                [1e9 * (n_prompt + n_gen) / t for t in samples_ns], target):
-            return samples_ns, finite, precision.STOP_TARGET
         ctx.clear(data=False)  # llama-bench: llama_memory_clear(mem, false)
         if cell.n_depth:
             fill_depth(ctx, cell.n_depth, cell.n_batch, filler(), depth_cache, key)
@@ -153,10 +152,11 @@ def _repetitions(ctx, cell: Cell, n_prompt: int, n_gen: int, rand: RandomTokens,
             test_gen(ctx, n_gen, rand)
         samples_ns.append(time.perf_counter_ns() - t0)
         meter.stop()
+        samples_ts.append(1e9 * (n_prompt + n_gen) / samples_ns[-1])
         finite = finite and bool(np.isfinite(ctx.logits(1)).all())  # untimed: last row
-    met = target is not None and precision.speed_target_met(
-        [1e9 * (n_prompt + n_gen) / t for t in samples_ns], target)
-    return samples_ns, finite, precision.STOP_TARGET if met else precision.STOP_REPETITIONS
+        if target is not None and precision.speed_target_met(samples_ts, target):
+            return samples_ns, samples_ts, finite, precision.STOP_TARGET
+    return samples_ns, samples_ts, finite, precision.STOP_REPETITIONS
 
 
 def run_speed_cell(
@@ -201,10 +201,9 @@ def run_speed_cell(
         filler = (lambda: CorpusTokens(fill_tokens)) if fill_tokens is not None else (lambda: rand)
         meter = host_load.Meter()  # what else ran during the timed parts (read outside them)
         with faults.busy_host(cell):
-            samples_ns, finite, stop_reason = _repetitions(ctx, cell, n_prompt, n_gen, rand, filler, depth_cache, key, meter)
+            samples_ns, samples_ts, finite, stop_reason = _repetitions(ctx, cell, n_prompt, n_gen, rand, filler, depth_cache, key, meter)
         columns, flags = context_columns(ctx, fallback, cell)
 
-    samples_ts = [1e9 * (n_prompt + n_gen) / t for t in samples_ns]
     if not finite:
         flags.append("nonfinite")
     load = meter.read()
